@@ -18,8 +18,14 @@ LARGE = 2**31 - 1
 ENERGIES = np.array([100.0, 10.0, 10.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01])
 
 
-def within(estimate, exact, sigmas=4.5, slack=2e-6):
-    mean, standard_error = estimate.mean, estimate.standard_error
+def within(estimate, exact, sigmas=4.5, slack=None, standard_error=None):
+    mean = estimate.mean
+    if standard_error is None:
+        standard_error = estimate.standard_error
+    if slack is None:
+        # A per-trial loss lies in [0, 1], so where no trial saw a rare event (and the
+        # sample standard error is zero) the mean is still within a few 1/trials.
+        slack = 5.0 / estimate.trials
     gap = np.abs(mean - np.asarray(exact, np.float64))
     assert np.all(gap <= sigmas * standard_error + slack), (
         f"largest gap {gap.max():.3g} at {np.unravel_index(gap.argmax(), gap.shape)}, "
@@ -35,23 +41,29 @@ def test_decoding_probabilities_match_the_large_field_theory(scheme):
     )
     exact = theory.decoding_probabilities(scheme, SIZES, GAMMA, WORKERS)
     assert estimate.mean.shape == (3, WORKERS + 1)
-    within(estimate, exact)
+    # The binomial standard error of the exact probability: the estimate's own is zero
+    # where every trial decoded.
+    p = np.clip(np.asarray(exact, np.float64), 0.0, 1.0)
+    within(estimate, exact, standard_error=np.sqrt(p * (1 - p) / trials))
     probabilities = simulate.decoding_probabilities(
         jax.random.key(0), scheme, SIZES, GAMMA, WORKERS, trials, LARGE
     )
     np.testing.assert_array_equal(probabilities, estimate.mean)
 
 
-def test_gf2_decodes_less_than_the_large_field_limit():
+def test_gf2_differs_from_the_large_field_limit_both_ways():
     trials = 8192
     estimate = simulate.decoding_estimate(
         jax.random.key(1), "ew", SIZES, GAMMA, WORKERS, trials, 2
     )
     exact = np.asarray(theory.decoding_probabilities("ew", SIZES, GAMMA, WORKERS))
     gap = exact - estimate.mean
-    # GF(2) can only lose probability; at 12 packets it loses far more than the noise.
-    assert np.all(gap >= -4.5 * estimate.standard_error - 1e-6)
+    # Dependent packets cost GF(2) dearly: at 12 packets every class is far behind.
     assert np.all(gap[:, 12] > 10 * estimate.standard_error[:, 12])
+    # But a zero coefficient narrows an EW window: a window-2 packet that misses class 1
+    # can decode class 2 from 5 packets, which a large field never does (theory: 0).
+    assert exact[1, 5] == 0.0
+    assert estimate.mean[1, 5] > 0.0
 
 
 @pytest.mark.parametrize("scheme", ["now", "ew"])
@@ -78,7 +90,7 @@ def test_loss_with_a_full_gram_matrix_matches_the_pairwise_theory():
     exact = theory.conditional_loss(
         "ew", SIZES, GAMMA, None, WORKERS, gram, normalized=True
     )
-    within(estimate, exact, slack=1e-5)
+    within(estimate, exact)
 
 
 def test_gram_loss_equals_an_explicit_reconstruction():
@@ -93,12 +105,10 @@ def test_gram_loss_equals_an_explicit_reconstruction():
         simulate.sample_recovery(jax.random.key(5), code, 65521, WORKERS, 64)
     )
     curve = simulate.loss_by_arrivals(jax.random.key(5), code, 65521, WORKERS, gram, 64)
-    explicit = np.zeros(WORKERS + 1)
-    for trial in recovery:
-        for n in range(WORKERS + 1):
-            estimate = np.asarray(partition.reconstruct(parts, trial <= n), np.float64)
-            explicit[n] += np.sum((product - estimate) ** 2) / np.sum(product**2)
-    np.testing.assert_allclose(curve.mean, explicit / 64, rtol=2e-4, atol=2e-6)
+    recovered = recovery[:, None, :] <= np.arange(WORKERS + 1)[None, :, None]
+    estimate = np.asarray(partition.reconstruct(parts, recovered), np.float64)
+    explicit = np.sum((product - estimate) ** 2, axis=(-2, -1)) / np.sum(product**2)
+    np.testing.assert_allclose(curve.mean, explicit.mean(0), rtol=2e-4, atol=2e-6)
 
 
 @pytest.mark.parametrize("scheme", ["now", "ew"])

@@ -37,6 +37,9 @@ __all__ = [
     "uncoded",
     "repetition",
     "make_code",
+    "RowModel",
+    "row_model",
+    "sample_rows",
     "worker_coefficients",
 ]
 
@@ -99,6 +102,11 @@ class Code:
     def class_of_subproduct(self) -> np.ndarray:
         """`[K] int32` class index of every sub-product."""
         return np.repeat(np.arange(self.num_classes), self.class_sizes).astype(np.int32)
+
+    @property
+    def iid_rows(self) -> bool:
+        """Whether workers draw i.i.d. rows (every arrival order is then alike)."""
+        return self.scheme in (Scheme.NOW, Scheme.EW, Scheme.EQUAL)
 
     @property
     def windows(self) -> np.ndarray:
@@ -271,6 +279,69 @@ def _vandermonde(field: fields.Field, workers: int, subproducts: int) -> jax.Arr
     return jnp.stack(powers, axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowModel:
+    """How the workers' coefficient rows are drawn, as arrays only.
+
+    Window codes draw i.i.d. rows (`windows`, `gamma`); the other schemes assign fixed
+    rows to the workers (`fixed`). Codes with the same shapes share one compiled
+    sampler: NOW and EW differ only in the values of `windows`.
+
+    Attributes:
+        windows: `[L, K] bool` window membership, or None for fixed rows.
+        gamma: `[L] float32` window probabilities, or None for fixed rows.
+        fixed: `[W, K]` field elements, one row per worker, or None.
+    """
+
+    windows: jax.Array | None
+    gamma: jax.Array | None
+    fixed: jax.Array | None
+
+    @property
+    def iid(self) -> bool:
+        """Whether workers draw i.i.d. rows (every arrival order is then alike)."""
+        return self.fixed is None
+
+
+jax.tree_util.register_dataclass(
+    RowModel, data_fields=["windows", "gamma", "fixed"], meta_fields=[]
+)
+
+
+def row_model(code: Code, field: fields.Field, workers: int) -> RowModel:
+    """The `RowModel` of `code` for `workers` workers over `field`.
+
+    MDS rows are Vandermonde rows over a finite field and i.i.d. Gaussian rows (MDS with
+    probability one) over the reals; uncoded and repetition rows are unit vectors.
+    """
+    code.check_workers(workers)
+    k = code.subproducts
+    if code.iid_rows:
+        return RowModel(jnp.asarray(code.windows), code.gamma, None)
+    if code.scheme is Scheme.MDS:
+        if field.kind is fields.FieldKind.REAL:
+            return RowModel(jnp.ones((1, k), bool), jnp.ones((1,), jnp.float32), None)
+        return RowModel(None, None, _vandermonde(field, workers, k))
+    unit = jnp.arange(workers)[:, None] % k == jnp.arange(k)[None, :]
+    return RowModel(None, None, unit.astype(field.dtype))
+
+
+def sample_rows(
+    key: jax.Array, model: RowModel, field: fields.Field, workers: int
+) -> jax.Array:
+    """`[workers, K]` rows drawn from `model`; see `worker_coefficients`."""
+    if not model.iid:
+        return model.fixed
+    key_window, key_coefficient = jax.random.split(key)
+    # Inverse-CDF sampling of the window: one uniform per worker.
+    thresholds = jnp.cumsum(model.gamma)[:-1]
+    uniform = jax.random.uniform(key_window, (workers, 1))
+    window = jnp.sum(uniform >= thresholds, axis=-1)
+    support = model.windows[window]
+    values = field.random(key_coefficient, support.shape)
+    return jnp.where(support, values, jnp.zeros_like(values))
+
+
 def worker_coefficients(
     key: jax.Array, code: Code, field: fields.Field, workers: int
 ) -> jax.Array:
@@ -295,19 +366,4 @@ def worker_coefficients(
         >>> rows.shape
         (30, 9)
     """
-    code.check_workers(workers)
-    k = code.subproducts
-    if code.scheme in (Scheme.NOW, Scheme.EW, Scheme.EQUAL):
-        key_window, key_coefficient = jax.random.split(key)
-        window = jax.random.categorical(
-            key_window, jnp.log(code.gamma), shape=(workers,)
-        )
-        support = jnp.asarray(code.windows)[window]
-        values = field.random(key_coefficient, (workers, k))
-        return jnp.where(support, values, jnp.zeros_like(values))
-    if code.scheme is Scheme.MDS:
-        if field.kind is fields.FieldKind.REAL:
-            return field.random(key, (workers, k))
-        return _vandermonde(field, workers, k)
-    unit = jnp.arange(workers)[:, None] % k == jnp.arange(k)[None, :]
-    return unit.astype(field.dtype)
+    return sample_rows(key, row_model(code, field, workers), field, workers)

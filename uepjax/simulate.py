@@ -122,11 +122,13 @@ def _trial_keys(key: jax.Array, start, size: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
 
 
-def _arrival_rows(key, code, field, workers, arrival_times):
+def _arrival_rows(key, model, field, workers, arrival_times):
     """`[W, K]` one trial's rows in arrival order and the `[W]` sorted arrival times."""
     key_rows, key_arrivals = jax.random.split(key)
-    rows = codes.worker_coefficients(key_rows, code, field, workers)
+    rows = codes.sample_rows(key_rows, model, field, workers)
     if arrival_times is None:
+        if model.iid:
+            return rows, None
         order = jax.random.permutation(key_arrivals, workers)
         return rows[order], None
     times = arrival_times.sample(key_arrivals, (workers,))
@@ -134,17 +136,17 @@ def _arrival_rows(key, code, field, workers, arrival_times):
     return rows[order], times[order]
 
 
-def _recovery(key, start, code, field, workers, size, arrival_times=None):
+def _recovery(key, start, model, field, workers, size, arrival_times=None):
     keys = _trial_keys(key, start, size)
     rows, times = jax.vmap(
-        lambda k: _arrival_rows(k, code, field, workers, arrival_times)
+        lambda k: _arrival_rows(k, model, field, workers, arrival_times)
     )(keys)
     return decode.recovery_index(rows, field), times
 
 
 @functools.partial(jax.jit, static_argnames=("field", "workers", "size"))
-def _recovery_chunk(key, start, code, field, workers, size):
-    return _recovery(key, start, code, field, workers, size)[0]
+def _recovery_chunk(key, start, model, field, workers, size):
+    return _recovery(key, start, model, field, workers, size)[0]
 
 
 def sample_recovery(
@@ -164,9 +166,9 @@ def sample_recovery(
         recovered, `W + 1` if it never is.
     """
     field = fields.get_field(field)
-    code.check_workers(workers)
     _check_trials(trials, BLOCK_TRIALS)
-    return _recovery_chunk(key, jnp.uint32(0), code, field, workers, trials)
+    model = codes.row_model(code, field, workers)
+    return _recovery_chunk(key, jnp.uint32(0), model, field, workers, trials)
 
 
 class Curves(NamedTuple):
@@ -215,7 +217,9 @@ def _recovery_losses(recovery, gram):
     stage = jnp.arange(k + 1)
     unrecovered = (position[:, None, :] >= stage[None, :, None]).astype(gram.dtype)
     coupled = jnp.matmul(unrecovered, gram, precision=jax.lax.Precision.HIGHEST)
-    return sorted_index, jnp.sum(coupled * unrecovered, axis=-1)
+    stage_loss = jnp.sum(coupled * unrecovered, axis=-1)
+    # Dividing by stage 0 (nothing recovered) makes the loss exactly 1 there.
+    return sorted_index, stage_loss / stage_loss[:, :1]
 
 
 def _loss_after_arrivals(sorted_index, stage_loss, workers):
@@ -256,15 +260,17 @@ def _loss_at_sampled_times(sorted_index, stage_loss, arrival, deadlines):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("field", "workers", "size", "sample_times")
+    jax.jit,
+    static_argnames=("field", "workers", "size", "classes", "sample_times"),
 )
 def _chunk(
     key,
     start,
-    code,
+    model,
     field,
     workers,
     size,
+    classes,
     grams,
     survival,
     response_time,
@@ -273,10 +279,12 @@ def _chunk(
 ):
     """One chunk of trials: a dict of `[size, ...]` per-trial values."""
     arrival_model = response_time if sample_times else None
-    recovery, arrival = _recovery(key, start, code, field, workers, size, arrival_model)
+    recovery, arrival = _recovery(
+        key, start, model, field, workers, size, arrival_model
+    )
     values = {
         "decoded": _class_decoded(
-            recovery, code.class_of_subproduct, code.num_classes, workers
+            recovery, np.asarray(classes), max(classes) + 1, workers
         )
     }
     if grams is None:
@@ -391,7 +399,8 @@ def curves(
         `Curves` of estimates with standard errors.
     """
     field = fields.get_field(field)
-    code.check_workers(workers)
+    model = codes.row_model(code, field, workers)
+    classes = tuple(int(c) for c in code.class_of_subproduct)
     _check_trials(trials, chunk_size)
     grams, single = (None, True)
     if gram is not None:
@@ -427,10 +436,11 @@ def curves(
         values = _chunk(
             key,
             jnp.uint32(start),
-            code,
+            model,
             field,
             workers,
             size,
+            classes,
             grams,
             survival,
             response_time if sample_times else None,
