@@ -266,3 +266,116 @@ def test_field_objects_and_real_coefficients_are_accepted():
         "now", SIZES, GAMMA, ENERGIES, WORKERS, normalized=True
     )
     within(estimate, exact)
+
+
+SMALL_SIZES = (2, 2)
+SMALL_GAMMA = (0.6, 0.4)
+SMALL_WORKERS = 8
+
+
+def small_curves(key, trials, **kwargs):
+    """A small point whose shape (chunks of 2 blocks) the stopping tests share."""
+    arguments = dict(
+        gram=np.ones(4),
+        response_time=latency.Exponential(1.0),
+        deadlines=np.linspace(0.0, 2.0, 5),
+        chunk_size=2048,
+    )
+    arguments.update(kwargs)
+    code = codes.ew(SMALL_SIZES, SMALL_GAMMA)
+    return simulate.curves(key, code, 65521, SMALL_WORKERS, trials, **arguments)
+
+
+def test_stopping_on_confidence_reproduces_a_fixed_run_of_its_trials():
+    rule = simulate.StoppingRule(
+        "by_deadline", standard_error=0.0015, min_trials=4096, batch_trials=2048
+    )
+    stopped = small_curves(jax.random.key(20), 40960, stopping=rule)
+    assert stopped.stop_reason is simulate.StopReason.TOLERANCE
+    trials = stopped.by_deadline.trials
+    assert trials < 40960 and (trials - 4096) % 2048 == 0
+    assert trials > 4096 and stopped.by_deadline.standard_error.max() <= 0.0015
+    # One round fewer was not enough: the rule stops at the first round that is.
+    fewer = small_curves(jax.random.key(20), trials - 2048)
+    assert fewer.by_deadline.standard_error.max() > 0.0015
+    # The rounds do not change the numbers: a plain run of as many trials agrees.
+    fixed = small_curves(jax.random.key(20), trials)
+    assert fixed.stop_reason is simulate.StopReason.TRIALS
+    for name in simulate.QUANTITIES:
+        np.testing.assert_array_equal(
+            getattr(stopped, name).mean, getattr(fixed, name).mean
+        )
+        np.testing.assert_array_equal(
+            getattr(stopped, name).standard_error, getattr(fixed, name).standard_error
+        )
+
+
+def test_a_relative_tolerance_and_the_budgets_also_stop_a_run():
+    relative = simulate.StoppingRule(
+        "by_arrivals", relative_error=0.05, min_trials=2048, batch_trials=2048
+    )
+    result = small_curves(jax.random.key(21), 40960, stopping=relative)
+    estimate = result.by_arrivals
+    assert result.stop_reason is simulate.StopReason.TOLERANCE
+    assert np.all(estimate.standard_error <= 0.05 * np.abs(estimate.mean))
+    tight = simulate.StoppingRule("decoded", standard_error=1e-9, min_trials=2048)
+    budget = small_curves(jax.random.key(21), 6144, stopping=tight)
+    assert budget.stop_reason is simulate.StopReason.TRIALS
+    assert budget.decoded.trials == 6144
+    late = simulate.StoppingRule(
+        "decoded", standard_error=1e-9, min_trials=2048, max_seconds=1e-6
+    )
+    timed = small_curves(jax.random.key(21), 40960, stopping=late)
+    assert timed.stop_reason is simulate.StopReason.TIME
+    assert timed.decoded.trials == 2048
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(target="loss"), "target must be one of decoded, by_arrivals"),
+        (dict(standard_error=0.0), "standard_error must be a positive number"),
+        (dict(relative_error=float("nan")), "relative_error must be a positive"),
+        (dict(min_trials=1000), "min_trials must be a positive multiple of 1024"),
+        (dict(batch_trials=0), "batch_trials must be a positive multiple of 1024"),
+        (dict(max_seconds=-1.0), "max_seconds must be a positive number"),
+    ],
+)
+def test_bad_stopping_rules_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        simulate.StoppingRule(**kwargs)
+
+
+def test_a_target_that_is_not_estimated_is_refused():
+    rule = simulate.StoppingRule("by_deadline", standard_error=0.01)
+    with pytest.raises(ValueError, match="stopping.target 'by_deadline' is not"):
+        simulate.curves(
+            jax.random.key(0), codes.ew(SIZES, GAMMA), 16, WORKERS, 1024, stopping=rule
+        )
+
+
+def test_confidence_intervals_cover_the_estimate_and_stay_in_range():
+    estimate = simulate.Estimate(
+        np.array([0.0, 0.3, 1.0]), np.array([0.0, 0.01, 0.0]), 1000
+    )
+    low, high = simulate.confidence_interval(estimate, 0.95)
+    np.testing.assert_allclose(low, [0.0, 0.3 - 1.959964 * 0.01, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(high, [0.0, 0.3 + 1.959964 * 0.01, 1.0], rtol=1e-6)
+    # Wilson: no trial decoded / every trial decoded still leaves room.
+    low, high = simulate.confidence_interval(estimate, 0.95, proportion=True)
+    assert low[0] == 0.0 and 0.0 < high[0] < 0.005
+    assert 0.995 < low[2] < 1.0 and high[2] == 1.0
+    assert low[1] < 0.3 < high[1]
+    with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):
+        simulate.confidence_interval(estimate, 1.0)
+
+
+def test_tree_sums_add_in_a_fixed_order_whatever_the_batch():
+    tree_sum = jax.jit(simulate._tree_sum, static_argnums=1)
+    values = np.random.default_rng(0).normal(size=(3, 1024, 5)).astype(np.float32)
+    whole = np.asarray(tree_sum(values, 1))
+    alone = np.asarray(tree_sum(values[1:2], 1))
+    np.testing.assert_array_equal(alone[0], whole[1])
+    np.testing.assert_allclose(whole, values.astype(np.float64).sum(1), rtol=1e-5)
+    odd = np.arange(7, dtype=np.float32)[:, None]
+    assert float(tree_sum(odd, 0)[0]) == 21.0

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "load_toml", "from_table", "to_table"]
+__all__ = ["ConfigError", "load_toml", "convert", "type_name", "from_table", "to_table"]
 
 T = TypeVar("T")
 
@@ -35,13 +35,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
 
-def _type_name(kind) -> str:
+def type_name(kind) -> str:
+    """What a value of the annotation `kind` looks like in TOML, for messages."""
     origin = typing.get_origin(kind)
     if origin is tuple:
         (item, _) = typing.get_args(kind)
-        return f"a list of {_type_name(item)}"
+        return f"a list of {type_name(item)}"
+    if origin is dict:
+        return "a table"
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(k) for k in typing.get_args(kind))
+        # None is only ever a default: TOML has no null.
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        return " or ".join(type_name(k) for k in options)
     if dataclasses.is_dataclass(kind):
         return "a table"
     return {
@@ -52,25 +57,39 @@ def _type_name(kind) -> str:
     }.get(kind, getattr(kind, "__name__", str(kind)))
 
 
-def _convert(kind, value, where: str):
-    """Checks `value` against the annotation `kind` and converts it."""
+def convert(kind, value, where: str):
+    """Checks `value` against the annotation `kind` and converts it.
+
+    Args:
+        kind: an annotation: int, float, str, bool, Any, `tuple[T, ...]`,
+            `dict[str, Any]`, a union of those, or a dataclass (a table).
+        value: the parsed TOML value.
+        where: the dotted key, for messages.
+
+    Raises:
+        ConfigError: naming `where`, what is allowed and what was found.
+    """
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(kind):
             if option is type(None) and value is None:
                 return None
             try:
-                return _convert(option, value, where)
+                return convert(option, value, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where} must be {_type_name(kind)} (got {value!r})")
+        raise ConfigError(f"{where} must be {type_name(kind)} (got {value!r})")
     if origin is tuple:
         (item, _) = typing.get_args(kind)
         if not isinstance(value, list):
-            raise ConfigError(f"{where} must be {_type_name(kind)} (got {value!r})")
+            raise ConfigError(f"{where} must be {type_name(kind)} (got {value!r})")
         if not value:
             raise ConfigError(f"{where} must not be empty")
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table (got {value!r})")
+        return dict(value)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table (got {value!r})")
@@ -83,7 +102,7 @@ def _convert(kind, value, where: str):
         return value
     if kind is Any:
         return value
-    raise ConfigError(f"{where} must be {_type_name(kind)} (got {value!r})")
+    raise ConfigError(f"{where} must be {type_name(kind)} (got {value!r})")
 
 
 def _build(cls: type[T], table: dict[str, Any], where: str) -> T:
@@ -98,7 +117,7 @@ def _build(cls: type[T], table: dict[str, Any], where: str) -> T:
     values = {}
     for field in dataclasses.fields(cls):
         if field.name in table:
-            values[field.name] = _convert(
+            values[field.name] = convert(
                 hints[field.name], table[field.name], f"{prefix}{field.name}"
             )
         elif (
@@ -138,8 +157,10 @@ def to_table(instance) -> dict[str, Any]:
             return {
                 f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
             }
-        if isinstance(value, tuple):
+        if isinstance(value, tuple | list):
             return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(instance)

@@ -1,8 +1,10 @@
 """PNG figures drawn from a results folder of tidy CSV files.
 
-Theory is drawn as lines, Monte Carlo as markers with error bars of two standard errors,
-and small fields as thin dashed lines, so that the gap between a real field and the
-large-field limit shows at a glance.
+For the synthetic experiment (`fig8.csv` .. `fig11.csv`) theory is drawn as lines, Monte
+Carlo as markers with error bars of two standard errors, and small fields as thin
+dashed lines, so that the gap between a real field and the large-field limit shows at
+a glance. For a grid sweep (`results.csv`) every recorded quantity gets one figure:
+one line per point with its confidence band, and the large-field theory dashed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["read_csv", "synthetic_figures"]
+__all__ = ["read_csv", "synthetic_figures", "grid_figures", "figures"]
 
 SCHEME_COLORS = {"now": "#1b9e77", "ew": "#d95f02", "mds": "#7570b3"}
 CLASS_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
@@ -69,7 +71,7 @@ def _mc(ax, xs, ys, errors, color, label, large: bool):
 
 
 def _save(fig, path: Path) -> Path:
-    temporary = path.with_name(f".{path.stem}.partial.png")
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
     fig.savefig(temporary, dpi=130, bbox_inches="tight")
     plt.close(fig)
     os.replace(temporary, path)
@@ -245,3 +247,112 @@ def synthetic_figures(folder: str | Path) -> dict[str, Path]:
         if source.exists():
             made[name] = draw(read_csv(source), folder / f"{name}.png")
     return made
+
+
+_GRID_AXES = {
+    "decoding_probability": (
+        "packets",
+        "packets received",
+        "probability class decodes",
+    ),
+    "loss_by_arrivals": ("packets", "packets received", "E[loss] / ||C||^2"),
+    "loss_by_deadline": ("t", "deadline t", "E[loss] / ||C||^2"),
+}
+
+
+def _number(text: str) -> float:
+    return float(text) if text not in ("", None) else float("nan")
+
+
+def _point_colors(count: int) -> list:
+    if count <= len(CLASS_COLORS):
+        return list(CLASS_COLORS[:count])
+    colormap = matplotlib.colormaps["viridis"]
+    return [colormap(i / max(count - 1, 1)) for i in range(count)]
+
+
+def _grid_panel(ax, rows, x: str, points, labels, colors) -> None:
+    for point, color in zip(points, colors, strict=True):
+        chosen = sorted(
+            (r for r in rows if r["point"] == point), key=lambda r: float(r[x])
+        )
+        xs = np.array([float(r[x]) for r in chosen])
+        mean = np.array([float(r["mean"]) for r in chosen])
+        low = np.array([float(r["ci_low"]) for r in chosen])
+        high = np.array([float(r["ci_high"]) for r in chosen])
+        ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0)
+        ax.plot(xs, mean, "-", color=color, lw=1.4, label=labels.get(point, point))
+        exact = np.array([_number(r.get("theory")) for r in chosen])
+        if np.isfinite(exact).any():
+            ax.plot(xs, exact, "--", color=color, lw=0.9, alpha=0.8)
+        bound = np.array([_number(r.get("theory_bound")) for r in chosen])
+        if np.isfinite(bound).any():
+            ax.plot(xs, bound, ":", color=color, lw=0.9, alpha=0.8)
+    ax.grid(alpha=0.3)
+
+
+def grid_figures(folder: str | Path) -> dict[str, Path]:
+    """Draws one PNG per recorded quantity of a grid sweep's `results.csv`.
+
+    Each point is a line with its confidence band (`ci_low` .. `ci_high`), labelled
+    by its axis values from `summary.csv`; the large-field theory is dashed and
+    Theorem 2's bound dotted. The decoding probability gets one panel per class.
+
+    Returns:
+        The written files by quantity name.
+    """
+    folder = Path(folder)
+    source = folder / "results.csv"
+    if not source.exists():
+        return {}
+    rows = read_csv(source)
+    labels = {}
+    if (folder / "summary.csv").exists():
+        labels = {r["point"]: r["label"] for r in read_csv(folder / "summary.csv")}
+    made = {}
+    for quantity, (x, xlabel, ylabel) in _GRID_AXES.items():
+        chosen = [r for r in rows if r["quantity"] == quantity]
+        if not chosen:
+            continue
+        points = sorted({r["point"] for r in chosen}, key=int)
+        colors = _point_colors(len(points))
+        if quantity == "decoding_probability":
+            classes = sorted({int(r["class_index"]) for r in chosen})
+        else:
+            classes = [None]
+        fig, axes = plt.subplots(
+            1,
+            len(classes),
+            figsize=(4.2 * len(classes) + 1.8, 3.8),
+            sharey=True,
+            squeeze=False,
+        )
+        for ax, c in zip(axes[0], classes, strict=True):
+            panel = chosen
+            if c is not None:
+                panel = [r for r in chosen if int(r["class_index"]) == c]
+                ax.set_title(f"class {c}")
+            _grid_panel(ax, panel, x, points, labels, colors)
+            ax.set_xlabel(xlabel)
+        axes[0][0].set_ylabel(ylabel)
+        fig.suptitle(
+            f"{quantity.replace('_', ' ')}: lines Monte Carlo with "
+            f"{float(chosen[0]['confidence']):.0%} band, dashed large-field theory",
+            fontsize=9,
+        )
+        axes[0][-1].legend(
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            ncol=1 if len(points) <= 16 else 2,
+        )
+        made[quantity] = _save(fig, folder / f"{quantity}.png")
+    return made
+
+
+def figures(folder: str | Path) -> dict[str, Path]:
+    """The standard figures of any results folder (grid or synthetic experiment)."""
+    folder = Path(folder)
+    if (folder / "results.csv").exists():
+        return grid_figures(folder)
+    return synthetic_figures(folder)

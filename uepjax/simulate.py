@@ -15,29 +15,47 @@ once.
 - Loss against deadline, heterogeneous workers: the times are sampled, the arrival order
   is the order of the times and the loss at `t` counts the arrivals by `t`.
 
-Trial `t` is keyed by `fold_in(key, t)` and trials run in chunks of `chunk_size`, so
-memory is flat in the number of trials. Sums are taken in float64 over fixed blocks of
-`BLOCK_TRIALS` trials and then in block order, so a result does not depend on the chunk
-size.
+Trial `t` is keyed by `fold_in(key, t)`. Trials are grouped in fixed blocks of
+`BLOCK_TRIALS`; each block is reduced on its device to its sum and its sum of squared
+deviations (a fixed order of float32 additions), and the blocks are folded in float64
+in block order. Chunks of blocks bound the memory, are split over the local devices of
+a `jax.sharding.Mesh`, and under `jax.distributed` every process takes a share of each
+wave of chunks. A result therefore depends on the key and the number of trials only,
+not on the chunk size, the number of devices or the number of processes. A
+`StoppingRule` runs the trials in rounds of whole blocks until the standard error of
+a target curve is small enough.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import logging
-from collections.abc import Callable
-from typing import NamedTuple
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.sharding import PartitionSpec
 
-from uepjax import codes, decode, fields, latency, theory
+from uepjax import codes, decode, distributed, fields, latency, theory
 
 __all__ = [
     "BLOCK_TRIALS",
+    "MAX_TRIALS",
+    "QUANTITIES",
     "Estimate",
+    "StopReason",
+    "StoppingRule",
     "Curves",
+    "compiled_programs",
+    "confidence_interval",
     "curves",
     "sample_recovery",
     "decoding_estimate",
@@ -51,7 +69,16 @@ logger = logging.getLogger(__name__)
 BLOCK_TRIALS = 1024
 """Trials per summation block; `chunk_size` must be a multiple of it."""
 
+MAX_BLOCKS = 2**22 - 1
+"""Block indices stay below this, so that trial indices fit in uint32; the index
+itself marks padding blocks."""
+
+MAX_TRIALS = MAX_BLOCKS * BLOCK_TRIALS
+"""The most trials of one call (uint32 trial indices)."""
+
 DEFAULT_CHUNK = 8 * BLOCK_TRIALS
+
+_UNROLLED_SUM = 32
 
 Progress = Callable[[int], None]
 
@@ -70,42 +97,218 @@ class Estimate(NamedTuple):
     trials: int
 
 
-class _Moments:
-    """Running first and second moments over blocks of trials, in float64."""
+class StopReason(enum.Enum):
+    """Why a run of trials ended."""
 
-    def __init__(self):
-        self.total = None
-        self.total_squares = None
+    TRIALS = "trials"
+    """The trial budget was used up (always so without a tolerance)."""
+    TOLERANCE = "tolerance"
+    """Every entry of the target quantity reached its standard-error tolerance."""
+    TIME = "time"
+    """The time budget ran out."""
+
+
+QUANTITIES = ("decoded", "by_arrivals", "by_deadline")
+"""The names of the estimated curves, as in `Curves`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingRule:
+    """Run trials in rounds until the target quantity is precise enough.
+
+    The first round runs `min_trials` trials and every later round `batch_trials`
+    more, so the rounds are whole blocks of `BLOCK_TRIALS`. After each round the rule
+    looks at the estimate of `target`: it stops when every entry `i` satisfies
+    `standard_error_i <= standard_error` or `standard_error_i <= relative_error *
+    |mean_i|` (a missing tolerance is never satisfied), when the trial budget of
+    `curves` is used up, or when `max_seconds` have passed. The decision depends only
+    on the blocks done, except the time budget, which depends on the speed of the
+    machine.
+
+    Attributes:
+        target: `"decoded"`, `"by_arrivals"` or `"by_deadline"`.
+        standard_error: an absolute tolerance on every entry's standard error.
+        relative_error: a tolerance relative to every entry's `|mean|`, like an
+            error-rate simulator that stops after a number of errors.
+        min_trials: trials of the first round, a multiple of `BLOCK_TRIALS`.
+        batch_trials: trials of every later round, a multiple of `BLOCK_TRIALS`.
+        max_seconds: a time budget, or None.
+
+    Example:
+        >>> rule = StoppingRule("by_deadline", standard_error=1e-3)
+        >>> rule.min_trials
+        8192
+    """
+
+    target: str = "by_deadline"
+    standard_error: float | None = None
+    relative_error: float | None = None
+    min_trials: int = 8 * BLOCK_TRIALS
+    batch_trials: int = 8 * BLOCK_TRIALS
+    max_seconds: float | None = None
+
+    def __post_init__(self):
+        if self.target not in QUANTITIES:
+            raise ValueError(
+                f"target must be one of {', '.join(QUANTITIES)} (got {self.target!r})"
+            )
+        for name in ("standard_error", "relative_error", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, int | float) and np.isfinite(value) and value > 0
+            ):
+                raise ValueError(
+                    f"{name} must be a positive number or None (got {value!r})"
+                )
+        for name in ("min_trials", "batch_trials"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | np.integer)
+                or value < 1
+                or value % BLOCK_TRIALS
+            ):
+                raise ValueError(
+                    f"{name} must be a positive multiple of {BLOCK_TRIALS} "
+                    f"(got {value!r})"
+                )
+
+    @property
+    def has_tolerance(self) -> bool:
+        """Whether the rule can stop before the trial budget."""
+        return self.standard_error is not None or self.relative_error is not None
+
+    def converged(self, estimate: Estimate) -> bool:
+        """Whether every entry of `estimate` meets a tolerance."""
+        error = np.asarray(estimate.standard_error)
+        met = np.zeros(error.shape, bool)
+        if self.standard_error is not None:
+            met |= error <= self.standard_error
+        if self.relative_error is not None:
+            met |= error <= self.relative_error * np.abs(estimate.mean)
+        return bool(np.all(met))
+
+    def round_ends(self, trials: int) -> list[int]:
+        """The trial counts after each round, for a budget of `trials`."""
+        if not self.has_tolerance and self.max_seconds is None:
+            return [trials]
+        ends = []
+        done = min(self.min_trials, trials)
+        while True:
+            ends.append(done)
+            if done >= trials:
+                return ends
+            done = min(done + self.batch_trials, trials)
+
+
+def confidence_interval(
+    estimate: Estimate, confidence: float = 0.95, *, proportion: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """A two-sided confidence interval for every entry of `estimate`.
+
+    Args:
+        estimate: the estimate.
+        confidence: the coverage, in (0, 1).
+        proportion: the entries are fractions of trials (`Curves.decoded`): use the
+            Wilson score interval, which stays honest when every trial agreed.
+
+    Returns:
+        `(low, high)`, float64 arrays shaped like `estimate.mean`, inside [0, 1].
+
+    Note:
+        Losses use the normal interval `mean +- z standard_error`. Where every
+        trial gave the same loss its standard error is 0 and the interval is that
+        single value; the number of trials says how much that is worth.
+
+    Example:
+        >>> e = Estimate(np.array([1.0]), np.array([0.0]), 100)
+        >>> low, high = confidence_interval(e, proportion=True)
+        >>> bool(low[0] < 1.0 == high[0])
+        True
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1) (got {confidence!r})")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    mean = np.asarray(estimate.mean, np.float64)
+    if proportion:
+        n = float(estimate.trials)
+        p = np.clip(mean, 0.0, 1.0)
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        # The interval ends at 0 (at 1) exactly when no (every) trial succeeded.
+        low = np.where(p == 0.0, 0.0, centre - half)
+        high = np.where(p == 1.0, 1.0, centre + half)
+    else:
+        half = z * np.asarray(estimate.standard_error, np.float64)
+        low, high = mean - half, mean + half
+    return np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+
+
+class _Layout(NamedTuple):
+    """Where each curve lies in the flat `[F]` vector of per-trial values."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        parts = np.split(flat, np.cumsum(self.sizes)[:-1], axis=-1)
+        return {
+            name: part.reshape(flat.shape[:-1] + shape)
+            for name, part, shape in zip(self.names, parts, self.shapes, strict=True)
+        }
+
+
+class _Fold:
+    """Folds per-block statistics in block order, in float64.
+
+    Each block brings its number of trials `n_b`, the sum `S_b` of its values and
+    the sum `M_b` of squared deviations from its own mean. The total is the running
+    sum of the `S_b`; the squared deviations combine by the parallel-variance rule
+    `M += M_b + delta^2 n n_b / (n + n_b)`, `delta` the gap between the block mean
+    and the running mean. Each block's statistics depend on its trials only, so the
+    result does not depend on how blocks were grouped into chunks, devices or
+    processes.
+    """
+
+    def __init__(self, features: int):
         self.count = 0
+        self.total = np.zeros(features)
+        self.squares = np.zeros(features)
 
-    def add(self, values: np.ndarray) -> None:
-        """Adds `[n, ...]` per-trial values, `n` a multiple of BLOCK_TRIALS but last."""
-        values = np.asarray(values, dtype=np.float64)
-        if self.total is None:
-            self.total = np.zeros(values.shape[1:])
-            self.total_squares = np.zeros(values.shape[1:])
-        starts = range(0, values.shape[0], BLOCK_TRIALS)
-        block_sums = np.stack([values[s : s + BLOCK_TRIALS].sum(0) for s in starts])
-        block_squares = np.stack(
-            [np.square(values[s : s + BLOCK_TRIALS]).sum(0) for s in starts]
-        )
-        self.total = np.cumsum(np.concatenate([self.total[None], block_sums]), 0)[-1]
-        self.total_squares = np.cumsum(
-            np.concatenate([self.total_squares[None], block_squares]), 0
-        )[-1]
-        self.count += values.shape[0]
+    def add(self, totals: np.ndarray, deviations: np.ndarray, counts) -> None:
+        """Adds `[blocks, F]` statistics of blocks with `counts` trials, in order."""
+        totals = np.asarray(totals, np.float64)
+        deviations = np.asarray(deviations, np.float64)
+        for total, deviation, n in zip(totals, deviations, counts, strict=True):
+            if n == 0:
+                continue
+            if self.count:
+                delta = total / n - self.total / self.count
+                self.squares += deviation + delta * delta * (
+                    self.count * n / (self.count + n)
+                )
+            else:
+                self.squares += deviation
+            self.total += total
+            self.count += int(n)
 
     def estimate(self) -> Estimate:
         mean = self.total / self.count
-        variance = np.maximum(self.total_squares / self.count - np.square(mean), 0.0)
-        correction = self.count / max(self.count - 1, 1)
-        standard_error = np.sqrt(variance * correction / self.count)
-        return Estimate(mean, standard_error, self.count)
+        variance = self.squares / max(self.count - 1, 1)
+        return Estimate(mean, np.sqrt(variance / self.count), self.count)
 
 
 def _check_trials(trials, chunk_size) -> None:
     if not isinstance(trials, int | np.integer) or trials < 1:
         raise ValueError(f"trials must be a positive integer (got {trials!r})")
+    if trials > MAX_TRIALS:
+        raise ValueError(
+            f"trials must be at most {MAX_TRIALS} (uint32 trial indices; got "
+            f"{trials}); run several keys instead"
+        )
     if (
         not isinstance(chunk_size, int | np.integer)
         or chunk_size < 1
@@ -117,8 +320,7 @@ def _check_trials(trials, chunk_size) -> None:
         )
 
 
-def _trial_keys(key: jax.Array, start, size: int) -> jax.Array:
-    index = start + jnp.arange(size, dtype=jnp.uint32)
+def _trial_keys(key: jax.Array, index: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
 
 
@@ -136,8 +338,8 @@ def _arrival_rows(key, model, field, workers, arrival_times):
     return rows[order], times[order]
 
 
-def _recovery(key, start, model, field, workers, size, arrival_times=None):
-    keys = _trial_keys(key, start, size)
+def _recovery(key, index, model, field, workers, arrival_times=None):
+    keys = _trial_keys(key, index)
     rows, times = jax.vmap(
         lambda k: _arrival_rows(k, model, field, workers, arrival_times)
     )(keys)
@@ -146,7 +348,8 @@ def _recovery(key, start, model, field, workers, size, arrival_times=None):
 
 @functools.partial(jax.jit, static_argnames=("field", "workers", "size"))
 def _recovery_chunk(key, start, model, field, workers, size):
-    return _recovery(key, start, model, field, workers, size)[0]
+    index = start + jnp.arange(size, dtype=jnp.uint32)
+    return _recovery(key, index, model, field, workers)[0]
 
 
 def sample_recovery(
@@ -181,11 +384,39 @@ class Curves(NamedTuple):
             matrix (no leading axis for a single one); None without a Gram matrix.
         by_deadline: `[..., D]` expected normalised loss at each deadline; None without
             deadlines.
+        stop_reason: why the trials ended (`StopReason`).
     """
 
     decoded: Estimate
     by_arrivals: Estimate | None
     by_deadline: Estimate | None
+    stop_reason: StopReason = StopReason.TRIALS
+
+
+def _sum_in_order(term: Callable[[Any], jax.Array], count: int) -> jax.Array:
+    """`term(0) + term(1) + ... + term(count - 1)`, added from left to right.
+
+    The order of the float additions is fixed, whatever the batch dimensions are, so
+    a trial's value does not depend on how many trials share a device (a matrix
+    product or a reduction may change its order with the batch size). Short sums are
+    unrolled so that they fuse; long ones loop.
+    """
+    if count <= _UNROLLED_SUM:
+        total = term(0)
+        for i in range(1, count):
+            total = total + term(i)
+        return total
+    return lax.fori_loop(1, count, lambda i, total: total + term(i), term(0))
+
+
+def _tree_sum(x: jax.Array, axis: int) -> jax.Array:
+    """Sums `axis` by repeated halving, a fixed order of float additions."""
+    x = jnp.moveaxis(x, axis, 0)
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        paired = x[:half] + x[half : 2 * half]
+        x = jnp.concatenate([paired, x[2 * half :]]) if x.shape[0] % 2 else paired
+    return x[0]
 
 
 def _class_decoded(recovery, class_of_subproduct, num_classes, workers):
@@ -216,8 +447,9 @@ def _recovery_losses(recovery, gram):
     position = jnp.argsort(order, axis=-1)
     stage = jnp.arange(k + 1)
     unrecovered = (position[:, None, :] >= stage[None, :, None]).astype(gram.dtype)
-    coupled = jnp.matmul(unrecovered, gram, precision=jax.lax.Precision.HIGHEST)
-    stage_loss = jnp.sum(coupled * unrecovered, axis=-1)
+    # u^T G u as ordered sums: (G u)_j = sum_k u_k G_kj, then sum_j u_j (G u)_j.
+    coupled = _sum_in_order(lambda i: unrecovered[..., i, None] * gram[i], k)
+    stage_loss = _sum_in_order(lambda j: coupled[..., j] * unrecovered[..., j], k)
     # Dividing by stage 0 (nothing recovered) makes the loss exactly 1 there.
     return sorted_index, stage_loss / stage_loss[:, :1]
 
@@ -247,7 +479,10 @@ def _expected_over_times(sorted_index, stage_loss, survival, workers):
     )
     at_bounds = survival[:, bounds]
     stage_probability = at_bounds[..., :-1] - at_bounds[..., 1:]
-    return jnp.sum(stage_probability * stage_loss[None], axis=-1).T
+    stages = stage_loss.shape[-1]
+    return _sum_in_order(
+        lambda j: stage_probability[..., j] * stage_loss[:, j], stages
+    ).T
 
 
 def _loss_at_sampled_times(sorted_index, stage_loss, arrival, deadlines):
@@ -259,29 +494,22 @@ def _loss_at_sampled_times(sorted_index, stage_loss, arrival, deadlines):
     return jnp.take_along_axis(stage_loss, recovered, axis=-1)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("field", "workers", "size", "classes", "sample_times"),
-)
-def _chunk(
+def _trial_values(
     key,
-    start,
+    index,
     model,
-    field,
-    workers,
-    size,
-    classes,
     grams,
     survival,
     response_time,
     deadlines,
+    field,
+    workers,
+    classes,
     sample_times,
 ):
-    """One chunk of trials: a dict of `[size, ...]` per-trial values."""
+    """A dict of `[n, ...]` per-trial values for the trials `index [n] uint32`."""
     arrival_model = response_time if sample_times else None
-    recovery, arrival = _recovery(
-        key, start, model, field, workers, size, arrival_model
-    )
+    recovery, arrival = _recovery(key, index, model, field, workers, arrival_model)
     values = {
         "decoded": _class_decoded(
             recovery, np.asarray(classes), max(classes) + 1, workers
@@ -306,6 +534,86 @@ def _chunk(
         )
         values["by_deadline"] = jnp.moveaxis(by_deadline, 0, 1)
     return values
+
+
+def _block_statistics(values: dict, valid: jax.Array):
+    """`[blocks, F]` sums and squared deviations of each block of trials.
+
+    Args:
+        values: `[blocks * BLOCK_TRIALS, ...]` per-trial values, in `QUANTITIES`
+            order.
+        valid: `[blocks, BLOCK_TRIALS] bool`, False for trials past the budget.
+    """
+    blocks = valid.shape[0]
+    flat = jnp.concatenate(
+        [values[name].reshape(blocks, BLOCK_TRIALS, -1) for name in values], axis=-1
+    )
+    mask = valid[..., None]
+    kept = jnp.where(mask, flat, 0.0)
+    totals = _tree_sum(kept, axis=1)
+    count = jnp.maximum(jnp.sum(valid, axis=1), 1).astype(jnp.float32)
+    deviation = jnp.where(mask, flat - (totals / count[:, None])[:, None, :], 0.0)
+    return totals, _tree_sum(deviation * deviation, axis=1)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("field", "workers", "classes", "sample_times", "mesh"),
+)
+def _chunk(
+    key,
+    blocks,
+    trials,
+    model,
+    grams,
+    survival,
+    response_time,
+    deadlines,
+    *,
+    field,
+    workers,
+    classes,
+    sample_times,
+    mesh,
+):
+    """Statistics of the blocks `blocks [n] uint32`, split over the devices of `mesh`.
+
+    Returns:
+        `[n, F] float32` block sums and block sums of squared deviations; trials at
+        or past `trials` are left out.
+    """
+
+    def local(key, blocks, trials, model, grams, survival, response_time, deadlines):
+        offsets = jnp.arange(BLOCK_TRIALS, dtype=jnp.uint32)
+        index = blocks[:, None] * np.uint32(BLOCK_TRIALS) + offsets
+        values = _trial_values(
+            key,
+            index.reshape(-1),
+            model,
+            grams,
+            survival,
+            response_time,
+            deadlines,
+            field,
+            workers,
+            classes,
+            sample_times,
+        )
+        return _block_statistics(values, index < trials)
+
+    replicated = PartitionSpec()
+    split = PartitionSpec(distributed.AXIS)
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(replicated, split) + (replicated,) * 6,
+        out_specs=(split, split),
+        # The decoder's while loop starts from values shared by all devices.
+        check_vma=False,
+    )
+    return sharded(
+        key, blocks, trials, model, grams, survival, response_time, deadlines
+    )
 
 
 def _check_gram(gram, subproducts: int) -> np.ndarray:
@@ -361,6 +669,67 @@ def _survival(workers: int, response_time, deadlines) -> jax.Array:
     return jnp.concatenate([survival, jnp.zeros_like(survival[:, :1])], axis=-1)
 
 
+def _layout(classes, workers, grams, single, deadlines) -> _Layout:
+    names = ["decoded"]
+    shapes = [(max(classes) + 1, workers + 1)]
+    if grams is not None:
+        names.append("by_arrivals")
+        shapes.append((grams.shape[0], workers + 1))
+        if deadlines is not None:
+            names.append("by_deadline")
+            shapes.append((grams.shape[0], deadlines.shape[0]))
+    return _Layout(tuple(names), tuple(shapes))
+
+
+class _Waves:
+    """Runs blocks `[first, last)` in waves of one chunk per process and folds them.
+
+    A wave gives process `p` the blocks `[start + p c, start + (p + 1) c)` of its
+    `c = chunk_blocks`; blocks past `last` are padding whose trials are all left out.
+    Every process exchanges its statistics after each wave and folds all of them in
+    block order, so all processes hold the same estimate.
+    """
+
+    def __init__(self, run: Callable, chunk_blocks: int, trials: int):
+        self.run = run
+        self.chunk_blocks = chunk_blocks
+        self.trials = trials
+        self.processes = distributed.process_count()
+        self.me = distributed.process_index()
+
+    def _counts(self, first_block: int, blocks: int) -> np.ndarray:
+        starts = (first_block + np.arange(blocks)) * BLOCK_TRIALS
+        return np.clip(self.trials - starts, 0, BLOCK_TRIALS)
+
+    def fold(self, fold: _Fold, first: int, last: int, progress) -> None:
+        width = self.chunk_blocks * self.processes
+        starts = list(range(first, last, width))
+        pending = None
+        for start in [*starts, None]:
+            launched = None
+            if start is not None:
+                mine = start + self.me * self.chunk_blocks
+                blocks = mine + np.arange(self.chunk_blocks, dtype=np.uint32)
+                # Padding blocks past `last` keep every chunk the same shape.
+                blocks = np.where(blocks < last, blocks, np.uint32(MAX_BLOCKS))
+                launched = (start, self.run(blocks))
+            if pending is not None:
+                self._finish(fold, *pending, last, progress)
+            pending = launched
+
+    def _finish(self, fold, start, outputs, last, progress) -> None:
+        totals, deviations = (np.asarray(o) for o in outputs)
+        if self.processes > 1:
+            gathered = distributed.allgather(np.stack([totals, deviations]))
+            totals = np.concatenate(list(gathered[:, 0]))
+            deviations = np.concatenate(list(gathered[:, 1]))
+        blocks = min(last - start, totals.shape[0])
+        counts = self._counts(start, blocks)
+        fold.add(totals[:blocks], deviations[:blocks], counts)
+        if progress is not None:
+            progress(int(counts.sum()))
+
+
 def curves(
     key: jax.Array,
     code: codes.Code,
@@ -374,15 +743,21 @@ def curves(
     conditional: bool | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     progress: Progress | None = None,
+    stopping: StoppingRule | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Curves:
-    """Runs `trials` decoding trials and estimates every curve from the same trials.
+    """Runs decoding trials and estimates every curve from the same trials.
+
+    Trials run in blocks of `BLOCK_TRIALS`; a chunk of blocks is split over the local
+    `devices` and, under `jax.distributed`, every process takes its share of each
+    wave of chunks. All processes must make the same call; all get the same result.
 
     Args:
         key: a typed PRNG key; trial `t` uses `fold_in(key, t)`.
         code: the code.
         field: the field order `q`, `"real"` or a `fields.Field`.
         workers: `W`.
-        trials: the number of trials.
+        trials: the number of trials; with `stopping`, the most trials to run.
         gram: `[K, K]` Gram matrix `G_kj = <C_k, C_j>_F` of the sub-products, `[K]`
             energies (a diagonal Gram matrix), or `[G, K, K]` several of them, all
             evaluated on the same trials.
@@ -392,16 +767,31 @@ def curves(
         conditional: average each trial exactly over the arrival times (eq. 16) instead
             of sampling them. The default does so for i.i.d. workers; heterogeneous
             workers must sample.
-        chunk_size: trials decoded at once (memory), a multiple of `BLOCK_TRIALS`.
-        progress: called with the number of trials finished after each chunk.
+        chunk_size: trials decoded at once by this process (memory), a multiple of
+            `BLOCK_TRIALS`; rounded up to whole blocks on every device.
+        progress: called with the number of trials finished after each wave.
+        stopping: run in rounds until the target's standard error is small enough.
+        devices: the local devices to split each chunk over (all by default).
 
     Returns:
-        `Curves` of estimates with standard errors.
+        `Curves` of estimates with standard errors. The numbers depend on the key and
+        the trials run only: not on `chunk_size`, on the devices or on the number of
+        processes.
+
+    Example:
+        >>> code = codes.ew((3, 3, 3), (0.4, 0.35, 0.25))
+        >>> result = curves(jax.random.key(0), code, 256, 30, 2048, gram=[1.0] * 9)
+        >>> result.by_arrivals.mean.shape, result.by_arrivals.trials
+        ((31,), 2048)
     """
     field = fields.get_field(field)
     model = codes.row_model(code, field, workers)
     classes = tuple(int(c) for c in code.class_of_subproduct)
     _check_trials(trials, chunk_size)
+    if stopping is not None and not isinstance(stopping, StoppingRule):
+        raise ValueError(
+            f"stopping must be a StoppingRule or None (got {type(stopping).__name__})"
+        )
     grams, single = (None, True)
     if gram is not None:
         grams, single = _check_grams(gram, code.subproducts)
@@ -422,53 +812,103 @@ def curves(
         sample_times = not conditional
         if conditional:
             survival = _survival(workers, response_time, times)
+    layout = _layout(classes, workers, grams, single, times)
+    if stopping is not None and stopping.target not in layout.names:
+        raise ValueError(
+            f"stopping.target {stopping.target!r} is not estimated by this call; "
+            f"it estimates {', '.join(layout.names)}"
+        )
+    mesh = distributed.local_mesh(devices)
     logger.debug(
-        "curves: %s over GF(%s), W=%d, %d trials",
+        "curves: %s over GF(%s), W=%d, up to %d trials on %d device(s) x %d "
+        "process(es)",
         code.scheme.value,
         field.order,
         workers,
         trials,
+        mesh.size,
+        distributed.process_count(),
     )
 
-    moments: dict[str, _Moments] = {}
-    size = min(chunk_size, -(-trials // BLOCK_TRIALS) * BLOCK_TRIALS)
-    for start in range(0, trials, size):
-        values = _chunk(
+    processes = distributed.process_count()
+    budget_blocks = -(-trials // BLOCK_TRIALS)
+    per_process = -(-budget_blocks // processes)
+    chunk_blocks = min(chunk_size // BLOCK_TRIALS, per_process)
+    chunk_blocks = -(-chunk_blocks // mesh.size) * mesh.size
+    trials_leaf = jnp.uint32(trials)
+    sampled = response_time if sample_times else None
+    sampled_times = times if sample_times else None
+
+    def run(blocks: np.ndarray):
+        return _chunk(
             key,
-            jnp.uint32(start),
+            distributed.shard_blocks(blocks, mesh),
+            trials_leaf,
             model,
-            field,
-            workers,
-            size,
-            classes,
             grams,
             survival,
-            response_time if sample_times else None,
-            times if sample_times else None,
-            sample_times,
+            sampled,
+            sampled_times,
+            field=field,
+            workers=workers,
+            classes=classes,
+            sample_times=sample_times,
+            mesh=mesh,
         )
-        for name, value in values.items():
-            moments.setdefault(name, _Moments()).add(
-                np.asarray(value)[: trials - start]
-            )
-        if progress is not None:
-            progress(min(size, trials - start))
 
-    estimates = {name: m.estimate() for name, m in moments.items()}
-    if single:
-        estimates = {
-            name: (
-                e
-                if name == "decoded"
-                else Estimate(e.mean[0], e.standard_error[0], e.trials)
-            )
-            for name, e in estimates.items()
-        }
+    waves = _Waves(run, chunk_blocks, trials)
+    fold = _Fold(sum(layout.sizes))
+    rule = stopping or StoppingRule()
+    started = time.monotonic()
+    reason = StopReason.TRIALS
+    done_blocks = 0
+    for end in rule.round_ends(trials):
+        end_blocks = -(-end // BLOCK_TRIALS)
+        waves.fold(fold, done_blocks, end_blocks, progress)
+        done_blocks = end_blocks
+        if end >= trials:
+            break
+        target = _estimates(fold, layout, single)[rule.target]
+        if rule.has_tolerance and rule.converged(target):
+            reason = StopReason.TOLERANCE
+            break
+        if rule.max_seconds is not None:
+            late = time.monotonic() - started >= rule.max_seconds
+            # Process 0's clock decides, so that every process stops together.
+            if distributed.broadcast_from_main(np.int32(late)):
+                reason = StopReason.TIME
+                break
+    estimates = _estimates(fold, layout, single)
     return Curves(
         estimates["decoded"],
         estimates.get("by_arrivals"),
         estimates.get("by_deadline"),
+        reason,
     )
+
+
+def compiled_programs() -> int | None:
+    """How many chunk programs this process has traced (one per shape and device set).
+
+    A diagnostic of "compile once per shape": points that differ only in values add
+    none. None where this version of JAX does not expose the count.
+    """
+    size = getattr(_chunk, "_cache_size", None)
+    return int(size()) if callable(size) else None
+
+
+def _estimates(fold: _Fold, layout: _Layout, single: bool) -> dict[str, Estimate]:
+    """The folded statistics as one `Estimate` per curve."""
+    estimate = fold.estimate()
+    means = layout.split(estimate.mean)
+    errors = layout.split(estimate.standard_error)
+    found = {}
+    for name in layout.names:
+        mean, error = means[name], errors[name]
+        if single and name != "decoded":
+            mean, error = mean[0], error[0]
+        found[name] = Estimate(mean, error, estimate.trials)
+    return found
 
 
 def decoding_estimate(

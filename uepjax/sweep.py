@@ -1,7 +1,8 @@
 """Sweep configurations and the experiments they run.
 
-`run_config(path, out)` reads a TOML config from `sweeps/` and runs its experiment. The
-experiment `paper-synthetic` reproduces Sec. VI of the paper: synthetic matrices under
+`run_config(path, out)` reads a TOML config from `sweeps/` and runs its experiment:
+`grid` runs a declarative grid of points (`uepjax.grid`, `uepjax.runner`), and
+`paper-synthetic` reproduces Sec. VI of the paper: synthetic matrices under
 Assumption 1, `W` exponential workers, NOW and EW codes against MDS, for both
 partitions. It writes one tidy CSV per figure (`fig8.csv` .. `fig11.csv`), the crossover
 times against MDS (`crossovers.csv`), a PNG of each figure and `run.json`
@@ -26,7 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uepjax import codes, config, fields, latency, partition, simulate, theory
+from uepjax import (
+    codes,
+    config,
+    distributed,
+    fields,
+    latency,
+    partition,
+    simulate,
+    theory,
+)
 
 __all__ = [
     "CodeConfig",
@@ -37,11 +47,14 @@ __all__ = [
     "DeadlineGrid",
     "MonteCarloConfig",
     "SyntheticExperiment",
+    "PaperMatrices",
     "load_config",
     "run_config",
     "run_synthetic",
     "total_trials",
     "write_csv",
+    "write_atomic",
+    "package_versions",
     "crossover_time",
 ]
 
@@ -202,11 +215,14 @@ class SyntheticExperiment:
             )
 
 
-EXPERIMENTS = {"paper-synthetic": SyntheticExperiment}
+EXPERIMENTS = ("paper-synthetic", "grid")
 
 
 def load_config(path: str | Path):
     """Reads and validates a sweep config before anything runs.
+
+    Returns:
+        A `SyntheticExperiment` or a `grid.GridSweep` (every point built and checked).
 
     Raises:
         config.ConfigError: naming the file, the key and what is allowed.
@@ -218,7 +234,11 @@ def load_config(path: str | Path):
         raise config.ConfigError(
             f"{path}: experiment must be one of {allowed} (got {name!r})"
         )
-    return config.from_table(EXPERIMENTS[name], table, str(path))
+    if name == "grid":
+        from uepjax import grid
+
+        return grid.load_grid(table, str(path))
+    return config.from_table(SyntheticExperiment, table, str(path))
 
 
 def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -228,7 +248,7 @@ def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({c: _cell(row.get(c, "")) for c in columns})
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _cell(value):
@@ -239,9 +259,19 @@ def _cell(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text)
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Writes `path` so that it is either as before or complete, never partial.
+
+    The data goes to a temporary file beside it, is flushed to disk and renamed over
+    `path`, so a reader never sees a partial file, even if the writer is killed.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(temporary, mode) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
@@ -267,7 +297,7 @@ def _field_label(q: int) -> str:
     return f"GF({q})"
 
 
-class _Setting:
+class PaperMatrices:
     """The matrices of one partition, in class order, and their energies."""
 
     def __init__(self, kind: str, key, matrices: MatricesConfig):
@@ -346,8 +376,8 @@ def run_synthetic(
 
     say("drawing the synthetic matrices and their Gram matrices")
     settings = [
-        _Setting("rxc", key_rxc, experiment.matrices),
-        _Setting("cxr", key_cxr, experiment.matrices),
+        PaperMatrices("rxc", key_rxc, experiment.matrices),
+        PaperMatrices("cxr", key_cxr, experiment.matrices),
     ]
     grams = np.stack([s.gram for s in settings])
 
@@ -535,6 +565,9 @@ def run_synthetic(
             ["partition", "scheme", "source", "field", "crossover_t"],
         ),
     }
+    if not distributed.is_main_process():
+        # Every process ran the same trials; process 0 writes the files.
+        return files
     for name, (rows, columns) in tables.items():
         path = out / f"{name}.csv"
         write_csv(path, rows, columns)
@@ -609,10 +642,11 @@ def _crossovers(experiment, settings, theory_curves, mc_curves, response_time, _
     return rows
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """The versions of uepjax, Python and the packages that shape its numbers."""
     import importlib.metadata as metadata
 
-    names = ("uepjax", "jax", "jaxlib", "numpy", "optax", "flax")
+    names = ("uepjax", "jax", "jaxlib", "numpy", "optax", "flax", "pyarrow")
     found = {}
     for name in names:
         try:
@@ -627,12 +661,13 @@ def _write_run_record(out: Path, experiment, started: float) -> Path:
     record = dict(
         config=config.to_table(experiment),
         key=f"jax.random.key({experiment.seed})",
-        versions=_versions(),
+        versions=package_versions(),
         devices=[str(d) for d in jax.devices()],
+        processes=distributed.process_count(),
         seconds=round(time.perf_counter() - started, 3),
     )
     path = out / "run.json"
-    _write_atomic(path, json.dumps(record, indent=2) + "\n")
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
 
 
@@ -654,6 +689,14 @@ def run_config(
     progress: Callable[[int], None] | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
-    """Loads the config at `path` and runs its experiment into `out`."""
+    """Loads the config at `path` and runs its experiment into `out`.
+
+    A grid resumes in `out`; `progress` and `announce` serve the synthetic
+    experiment (a grid reports through `runner.Events`, see `runner.run_grid`).
+    """
     experiment = load_config(path)
-    return run_synthetic(experiment, out, progress, announce)
+    if isinstance(experiment, SyntheticExperiment):
+        return run_synthetic(experiment, out, progress, announce)
+    from uepjax import runner
+
+    return runner.run_grid(experiment, out).files
