@@ -366,6 +366,20 @@ def test_default_starts_cover_the_faces():
     assert tune.default_starts(6).shape == (6, 6)
 
 
+def test_grid_search_agrees_with_single_evaluations():
+    # Every lattice point, edges included, against an evaluation of its own (this
+    # once caught a batched evaluation that went wrong on the CPU backend).
+    problem = tune.make_problem(
+        "ew", SIZES, paper_energies("cxr"), workers=12, deadline=0.8
+    )
+    grid = tune.grid_search(problem, 0.05)
+    for index in range(0, grid.points.shape[0], 7):
+        single = float(tune.expected_loss(problem, grid.points[index]))
+        assert grid.losses[index] == pytest.approx(single, rel=1e-5, abs=1e-9)
+    assert grid.loss == pytest.approx(grid.losses.min())
+    np.testing.assert_allclose(grid.gamma, [1.0, 0.0, 0.0])
+
+
 def test_simplex_grid():
     points = tune.simplex_grid(3, 0.01)
     assert points.shape == (5151, 3)

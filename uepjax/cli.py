@@ -56,13 +56,20 @@ def _sweep(args) -> int:
     # jax.distributed must start before anything touches a device, and importing
     # uepjax.sweep builds default configs on the device.
     _initialize_distributed(args)
-    from uepjax import config, distributed, sweep
+    from uepjax import config, distributed, simulate, sweep
 
     try:
         experiment = sweep.load_config(args.config)
     except config.ConfigError as error:
         print(f"uepjax sweep: {error}", file=sys.stderr)
         return 2
+    if args.chunk_size is not None and (
+        args.chunk_size < 1 or args.chunk_size % simulate.BLOCK_TRIALS
+    ):
+        raise ValueError(
+            f"--chunk-size must be a positive multiple of {simulate.BLOCK_TRIALS} "
+            f"(got {args.chunk_size})"
+        )
     quiet = args.quiet or not distributed.is_main_process()
     if isinstance(experiment, sweep.SyntheticExperiment):
         return _synthetic(args, experiment, quiet)
@@ -70,10 +77,15 @@ def _sweep(args) -> int:
 
 
 def _synthetic(args, experiment, quiet: bool) -> int:
+    import dataclasses
+
     from tqdm import tqdm
 
     from uepjax import sweep
 
+    if args.chunk_size is not None:
+        trials = dataclasses.replace(experiment.monte_carlo, chunk_size=args.chunk_size)
+        experiment = dataclasses.replace(experiment, monte_carlo=trials)
     started = time.perf_counter()
     total = sweep.total_trials(experiment)
     with tqdm(
@@ -89,7 +101,9 @@ def _synthetic(args, experiment, quiet: bool) -> int:
             if not quiet:
                 bar.write(f"  {message}")
 
-        files = sweep.run_synthetic(experiment, args.out, bar.update, announce)
+        files = sweep.run_synthetic(
+            experiment, args.out, bar.update, announce, devices=_devices(args)
+        )
     if not quiet:
         print(
             f"wrote {len(files)} files to {args.out} in "

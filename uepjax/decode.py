@@ -12,10 +12,17 @@ the null space, so ``e_k`` is in the row space iff row ``k`` of ``N`` is zero.
 Inserting a row ``v``: with ``s = v N``, if ``s = 0`` the row is dependent and
 nothing changes. Otherwise, with ``j`` the first index where ``s_j != 0``, every
 column ``i`` is replaced by a combination of columns ``i`` and ``j`` that is
-orthogonal to ``v`` (``s_j N_i - s_i N_j`` fraction-free over ``GF(p)``,
-``N_i - (s_i / s_j) N_j`` over ``GF(2^m)``, XOR of packed words over ``GF(2)``), and
-column ``j`` becomes zero. Over the reals a Householder reflection keeps the live
-columns orthonormal, so that the tolerances measure true distances.
+orthogonal to ``v`` (``s_j N_i - s_i N_j`` fraction-free over large ``GF(p)``,
+``N_i - (s_i / s_j) N_j`` over ``GF(2^m)`` and ``GF(p < 2^16)`` where inverses are
+table lookups, XOR of packed words over ``GF(2)``), and column ``j`` becomes zero.
+
+Over the reals the decoder grows a reduced row echelon basis instead (row ``c`` has
+its pivot in column ``c``): a new row is reduced by the basis, normalised at a pivot
+chosen by threshold pivoting, and eliminated from the other basis rows; ``e_k`` is
+recovered iff its pivot row is zero outside the pivot columns. Exact zeros of the
+coefficients stay exact zeros, so recoveries implied by the support pattern (NOW
+and EW windows) do not hinge on rounding; see :data:`~uepjax.fields.REAL_TOLERANCE`
+and :data:`~uepjax.fields.REAL_PIVOT_THRESHOLD`.
 
 Each arrival costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
 ``GF(2)``), and the pass stops early once every trial of the batch has full rank.
@@ -39,6 +46,7 @@ import numpy as np
 from jax import lax
 
 from uepjax.fields import (
+    REAL_PIVOT_THRESHOLD,
     REAL_TOLERANCE,
     Field,
     FieldKind,
@@ -56,11 +64,6 @@ from uepjax.fields import (
 __all__ = ["recovered_after_arrivals", "recovery_index"]
 
 _HIGHEST = lax.Precision.HIGHEST
-import os
-
-_TOL = float(os.environ.get("TOL", "1e-5"))
-_SNAP = int(os.environ.get("SNAP", "1"))
-_THRESH = float(os.environ.get("THRESH", "0.1"))
 
 # (basis, row) -> (basis, row was independent [batch], recovered [batch, K])
 _Insert = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
@@ -166,39 +169,36 @@ def _recovery_real(rows: jax.Array) -> jax.Array:
     basis = jnp.zeros((batch, unknowns, unknowns), jnp.float32)
     pivots = jnp.zeros((batch, unknowns), bool)
     columns = jnp.arange(unknowns)
+    identity = jnp.eye(unknowns, dtype=jnp.float32)
 
     def insert(state, row):
         # basis [batch, K, K]: row c holds the basis vector whose pivot is column c
         # (zero where c is no pivot); entries in pivot columns are exactly 0 or 1.
         basis, pivots = state
-        weights = jnp.where(pivots, row, 0.0)
-        reduced = row - jnp.einsum("bc,bcm->bm", weights, basis, precision=_HIGHEST)
+        reduced = row - jnp.einsum("bc,bcm->bm", row, basis, precision=_HIGHEST)
         reduced = jnp.where(pivots, 0.0, reduced)
         magnitude = jnp.abs(reduced)
         largest = jnp.max(magnitude, axis=-1)
-        independent = largest > _TOL * jnp.max(jnp.abs(row), axis=-1)
-        eligible = magnitude >= _THRESH * largest[:, None]
+        independent = largest > REAL_TOLERANCE * jnp.max(jnp.abs(row), axis=-1)
+        eligible = magnitude >= REAL_PIVOT_THRESHOLD * largest[:, None]
         j = unknowns - 1 - jnp.argmax(eligible[:, ::-1], axis=-1)
         at_j = (columns == j[:, None]) & independent[:, None]
-        pivot_value = jnp.sum(jnp.where(at_j, reduced, 0.0), axis=-1)
-        pivot_value = jnp.where(independent, pivot_value, 1.0)
-        # |new_row| <= 1: the pivot is the largest entry (partial pivoting).
-        new_row = jnp.where(at_j, 1.0, reduced / pivot_value[:, None])
-        factors = jnp.sum(jnp.where(at_j[:, None, :], basis, 0.0), axis=-1)
-        updated = basis - factors[:, :, None] * new_row[:, None, :]
-        updated = jnp.where(at_j[:, None, :], 0.0, updated)
+        pivot_value = jnp.take_along_axis(reduced, j[:, None], axis=1)
+        pivot_value = jnp.where(independent[:, None], pivot_value, 1.0)
+        # |new_row| <= 1 / REAL_PIVOT_THRESHOLD by the choice of the pivot.
+        new_row = jnp.where(at_j, 1.0, reduced / pivot_value)
+        factors = jnp.take_along_axis(basis, j[:, None, None], axis=2)
+        updated = jnp.where(
+            at_j[:, None, :], 0.0, basis - factors * new_row[:, None, :]
+        )
         basis = jnp.where(at_j[:, :, None], new_row[:, None, :], updated)
         pivots = pivots | at_j
         # e_k is in the row space iff its pivot row vanishes outside the pivot
         # columns; rows found so are set to exactly e_k, so that their rounding
         # residue cannot feed later decisions.
         free = jnp.where(pivots[:, None, :], 0.0, jnp.abs(basis))
-        recovered = pivots & (jnp.max(free, axis=-1) <= _TOL)
-        basis = jnp.where(
-            recovered[:, :, None],
-            (columns == columns[:, None]).astype(basis.dtype),
-            basis,
-        )
+        recovered = pivots & (jnp.max(free, axis=-1) <= REAL_TOLERANCE)
+        basis = jnp.where(recovered[:, :, None], identity, basis)
         return (basis, pivots), independent, recovered
 
     return _progressive(rows, (basis, pivots), insert, unknowns)
@@ -236,10 +236,12 @@ def recovery_index(coefficients: Any, q: int | str | Field) -> jax.Array:
             than two dimensions or a non-integer dtype for a finite field.
 
     Note:
-        Real coefficients use :data:`~uepjax.fields.REAL_TOLERANCE`: a row counts
-        as independent when its distance to the current row space exceeds the
-        tolerance times its norm, and ``e_k`` is recovered when its distance to the
-        row space is at most the tolerance.
+        Real coefficients are decided with the tolerance
+        :data:`~uepjax.fields.REAL_TOLERANCE`: a row is independent when its
+        largest entry after reduction by the basis exceeds the tolerance times its
+        largest entry, and ``e_k`` is recovered when its pivot row is at most the
+        tolerance outside the pivot columns. Near-dependent or ill-conditioned
+        prefixes can be misjudged (see :data:`~uepjax.fields.REAL_PIVOT_THRESHOLD`).
 
     Example:
         >>> import jax.numpy as jnp

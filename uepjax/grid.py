@@ -51,6 +51,7 @@ from uepjax import codes, config, fields, latency, simulate
 
 __all__ = [
     "FORMAT",
+    "PARAMETERS",
     "RECORDABLE",
     "SCHEMES",
     "LATENCIES",
@@ -276,6 +277,9 @@ class PointConfig:
 _POINT_FIELDS = {f.name: f for f in dataclasses.fields(PointConfig)}
 _POINT_TYPES = typing.get_type_hints(PointConfig)
 
+PARAMETERS = tuple(_POINT_FIELDS)
+"""The names of the point parameters, in `PointConfig` order."""
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
@@ -390,6 +394,11 @@ class Point:
         if not self.values:
             return "point"
         return ", ".join(f"{k}={_plain(v)}" for k, v in self.values.items())
+
+    @property
+    def plain_values(self) -> dict[str, Any]:
+        """The axis values with lists for tuples, ready for JSON."""
+        return {k: _plain(v) for k, v in self.values.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,20 +551,8 @@ def _combinations(
         yield merged
 
 
-def _build(table: dict[str, Any], source: str) -> GridSweep:
-    unknown = sorted(set(table) - set(_TOP_KEYS))
-    if unknown:
-        raise config.ConfigError(
-            f"{unknown[0]} is not a known key; allowed here: {', '.join(_TOP_KEYS)}"
-        )
-    fixed_table = _table(table, "fixed", "")
-    for name in fixed_table:
-        _parameter(name, "fixed")
-    axes = {
-        name: _axis_values(name, values, "axes")
-        for name, values in _table(table, "axes", "").items()
-    }
-    seen = set(axes)
+def _zip_groups(table: dict, varied: set[str]) -> list[dict[str, tuple]]:
+    """The `[[zip]]` groups, checked; `varied` collects the parameters they set."""
     groups = []
     for i, group in enumerate(_tables(table, "zip")):
         where = f"zip[{i}]"
@@ -577,14 +574,19 @@ def _build(table: dict[str, Any], source: str) -> GridSweep:
                 f"{where}: two rows of the zip group are the same; each row must "
                 "differ in at least one value"
             )
-        twice = seen & set(converted)
+        twice = varied & set(converted)
         if twice:
             raise config.ConfigError(
                 f"{where}.{sorted(twice)[0]} is already varied by another axis; "
                 "a parameter may be varied once"
             )
-        seen |= set(converted)
+        varied |= set(converted)
         groups.append(converted)
+    return groups
+
+
+def _exclusions(table: dict) -> list[dict[str, Any]]:
+    """The `[[exclude]]` tables, their values converted to the parameters' types."""
     excludes = []
     for i, rule in enumerate(_tables(table, "exclude")):
         where = f"exclude[{i}]"
@@ -597,32 +599,14 @@ def _build(table: dict[str, Any], source: str) -> GridSweep:
                 _POINT_TYPES[name], value, f"{where}.{name}"
             )
         excludes.append(converted)
+    return excludes
 
-    def part(cls, key):
-        return config.convert(cls, _table(table, key, ""), key)
 
-    experiment = table.get("experiment")
-    name = table.get("name", Path(source).stem)
-    description = table.get("description", "")
-    for key, value in (("name", name), ("description", description)):
-        if not isinstance(value, str):
-            raise config.ConfigError(f"{key} must be a string (got {value!r})")
-    matrices = part(_matrices_type(), "matrices")
-    output = part(OutputConfig, "output")
-    stopping = part(StoppingConfig, "stopping")
-    run = part(RunConfig, "run")
-    if stopping.target is not None and stopping.target not in output.record:
-        raise config.ConfigError(
-            f"stopping.target must be one of the recorded quantities "
-            f"{', '.join(output.record)} (got {stopping.target!r})"
-        )
-    fixed_values = {
-        name: config.convert(_POINT_TYPES[name], value, f"fixed.{name}")
-        for name, value in fixed_table.items()
-    }
+def _points(fixed, axes, groups, excludes, output) -> list[Point]:
+    """Every combination that no exclusion drops, each built and checked."""
     points = []
     for values in _combinations(axes, tuple(groups)):
-        merged = {**fixed_values, **values}
+        merged = {**fixed, **values}
         if any(_matches(merged, rule) for rule in excludes):
             continue
         label = ", ".join(f"{k}={_plain(v)}" for k, v in values.items()) or "fixed"
@@ -640,19 +624,55 @@ def _build(table: dict[str, Any], source: str) -> GridSweep:
         raise config.ConfigError(
             "the grid has no points: every combination is excluded"
         )
+    return points
+
+
+def _build(table: dict[str, Any], source: str) -> GridSweep:
+    unknown = sorted(set(table) - set(_TOP_KEYS))
+    if unknown:
+        raise config.ConfigError(
+            f"{unknown[0]} is not a known key; allowed here: {', '.join(_TOP_KEYS)}"
+        )
+    name = table.get("name", Path(source).stem)
+    description = table.get("description", "")
+    for key, value in (("name", name), ("description", description)):
+        if not isinstance(value, str):
+            raise config.ConfigError(f"{key} must be a string (got {value!r})")
+
+    fixed_table = _table(table, "fixed", "")
+    for parameter in fixed_table:
+        _parameter(parameter, "fixed")
+    fixed = {
+        n: config.convert(_POINT_TYPES[n], v, f"fixed.{n}")
+        for n, v in fixed_table.items()
+    }
+    axes = {n: _axis_values(n, v, "axes") for n, v in _table(table, "axes", "").items()}
+    groups = _zip_groups(table, set(axes))
+    excludes = _exclusions(table)
+
+    def part(cls, key):
+        return config.convert(cls, _table(table, key, ""), key)
+
+    output = part(OutputConfig, "output")
+    stopping = part(StoppingConfig, "stopping")
+    if stopping.target is not None and stopping.target not in output.record:
+        raise config.ConfigError(
+            f"stopping.target must be one of the recorded quantities "
+            f"{', '.join(output.record)} (got {stopping.target!r})"
+        )
     return GridSweep(
-        experiment=experiment,
+        experiment=table.get("experiment"),
         name=name,
         description=description,
-        fixed=fixed_values,
+        fixed=fixed,
         axes=axes,
         zip=tuple(groups),
         exclude=tuple(excludes),
-        matrices=matrices,
+        matrices=part(_matrices_type(), "matrices"),
         output=output,
         stopping=stopping,
-        run=run,
-        points=tuple(points),
+        run=part(RunConfig, "run"),
+        points=tuple(_points(fixed, axes, groups, excludes, output)),
     )
 
 

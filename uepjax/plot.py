@@ -335,11 +335,15 @@ def grid_figures(folder: str | Path) -> dict[str, Path]:
             _grid_panel(ax, panel, x, points, labels, colors)
             ax.set_xlabel(xlabel)
         axes[0][0].set_ylabel(ylabel)
-        fig.suptitle(
+        # Normalised losses and probabilities lie in [0, 1]; a bound above 1 is cut.
+        axes[0][0].set_ylim(-0.03, 1.05)
+        title = (
             f"{quantity.replace('_', ' ')}: lines Monte Carlo with "
-            f"{float(chosen[0]['confidence']):.0%} band, dashed large-field theory",
-            fontsize=9,
+            f"{float(chosen[0]['confidence']):.0%} band, dashed large-field theory"
         )
+        if any(r.get("theory_bound") for r in chosen):
+            title += ", dotted Theorem 2 bound"
+        fig.suptitle(title, fontsize=9)
         axes[0][-1].legend(
             fontsize=7,
             loc="upper left",

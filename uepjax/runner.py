@@ -62,7 +62,7 @@ MANIFEST = "manifest.json"
 FIXED_ROWS = ("mds", "uncoded", "repetition")
 """Schemes whose coefficient rows belong to given workers (not drawn i.i.d.)."""
 
-PARAMETERS = tuple(grid._POINT_FIELDS)
+PARAMETERS = grid.PARAMETERS
 
 RESULT_COLUMNS = (
     "point",
@@ -371,7 +371,7 @@ def compute_point(
         format=grid.FORMAT,
         hash=grid.point_hash(p, sweep_config),
         index=point.index,
-        values={k: grid._plain(v) for k, v in point.values.items()},
+        values=point.plain_values,
         config=config.to_table(p),
         key=f"jax.random.split(jax.random.key({p.seed}), 3)[2]",
         trials=result.decoded.trials,
@@ -436,7 +436,7 @@ def _write_manifest(out: Path, sweep_config: grid.GridSweep, done: list[bool]) -
             hash=h,
             file=f"{POINTS}/{h}.json",
             done=bool(d),
-            values={k: grid._plain(v) for k, v in p.values.items()},
+            values=p.plain_values,
         )
         for p, h, d in zip(sweep_config.points, hashes, done, strict=True)
     ]

@@ -866,11 +866,12 @@ def curves(
         end_blocks = -(-end // BLOCK_TRIALS)
         waves.fold(fold, done_blocks, end_blocks, progress)
         done_blocks = end_blocks
-        if end >= trials:
-            break
-        target = _estimates(fold, layout, single)[rule.target]
-        if rule.has_tolerance and rule.converged(target):
+        if rule.has_tolerance and rule.converged(
+            _estimates(fold, layout, single)[rule.target]
+        ):
             reason = StopReason.TOLERANCE
+            break
+        if end >= trials:
             break
         if rule.max_seconds is not None:
             late = time.monotonic() - started >= rule.max_seconds

@@ -347,6 +347,8 @@ def run_synthetic(
     out: str | Path,
     progress: Callable[[int], None] | None = None,
     announce: Callable[[str], None] | None = None,
+    *,
+    devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, Path]:
     """Runs the synthetic experiment of Sec. VI and writes its figures into `out`.
 
@@ -355,6 +357,7 @@ def run_synthetic(
         out: the output folder (created if needed).
         progress: called with the number of Monte Carlo trials finished.
         announce: called with a short description of each stage.
+        devices: the local devices to split the trials over (all by default).
 
     Returns:
         The written files by name.
@@ -460,6 +463,7 @@ def run_synthetic(
                 deadlines=deadlines,
                 chunk_size=mc.chunk_size,
                 progress=progress,
+                devices=devices,
             )
             label = _field_label(q)
             if scheme != "mds":

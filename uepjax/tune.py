@@ -1036,6 +1036,19 @@ def estimate_loss(
 # ---------------------------------------------------------------------------------
 
 
+def _unbatched(function: Callable[[Any], Any], inputs: Any) -> Any:
+    """``function`` over the leading axis of ``inputs``, one slice at a time.
+
+    Note:
+        The exact objective is evaluated one ``gamma`` at a time rather than vmapped:
+        on the CPU backend of jaxlib 0.10 the XNNPACK ("ynn") fusion of the
+        broadcast-multiply-reduce in the multinomial log-probabilities of
+        `uepjax.theory` returns wrong values for some batched shapes (e.g. 8 x 5456
+        count vectors), while unbatched evaluations are correct.
+    """
+    return jax.lax.map(function, inputs)
+
+
 def simplex_grid(num_classes: int, step: float) -> np.ndarray:
     """All ``gamma`` with coordinates in ``{0, step, 2 step, ..., 1}`` summing to 1.
 
@@ -1084,7 +1097,7 @@ class GridResult(NamedTuple):
 def _grid_losses(
     problem: Problem, points: jax.Array, table: CountLossTable | None
 ) -> jax.Array:
-    return jax.vmap(lambda g: expected_loss(problem, g, table))(points)
+    return _unbatched(lambda g: expected_loss(problem, g, table), points)
 
 
 def grid_search(
@@ -1150,7 +1163,7 @@ class TuneResult(NamedTuple):
         initial_loss: its objective (same evaluation as the history).
         history: the `History` of the start that was kept.
         starts: ``[S, L]`` all starting points.
-        start_losses: ``[S]`` the final objective reached from each.
+        start_losses: ``[S]`` the objective at the last iterate of each start.
         method: ``"exact"`` or ``"monte_carlo"``.
         field: None for the large-field model, else the field.
         objective: the `Objective`.
@@ -1271,6 +1284,10 @@ def _step(
         )
         return optax.apply_updates(params, updates), opt_state, value
 
+    if engine.exact:
+        # One start after the other (see `_unbatched`); the Monte Carlo estimator is
+        # vmapped, so that the starts share their random draws.
+        return _unbatched(lambda args: one(*args), (logits, state))
     return jax.vmap(one)(logits, state)
 
 
@@ -1331,10 +1348,11 @@ def optimize_gamma(
 
     Gradient descent on softmax logits ``gamma = softmax(theta)``, which keeps
     ``gamma`` a distribution and lets a coordinate approach 0 (an abandoned class)
-    as its logit decreases. All starts are updated together by one jit-compiled,
-    vmapped step; a second call of the same shapes (new deadline, energies, gamma or
-    key) reuses the compiled step. The start with the lowest final objective is
-    kept.
+    as its logit decreases. All starts are updated together by one jit-compiled
+    step; a second call of the same shapes (new deadline, energies, gamma or key)
+    reuses the compiled step. With the exact objective the best point seen along all
+    trajectories is kept; with Monte Carlo, the final point of the start whose
+    estimate (on common trials) is lowest.
 
     Args:
         scheme: ``"now"`` or ``"ew"``.
@@ -1459,37 +1477,39 @@ def optimize_gamma(
         if progress is not None:
             progress(1)
 
-    gammas = jax.nn.softmax(logits, axis=-1)
+    trajectory.append(logits)
+    gammas = jax.nn.softmax(jnp.stack(trajectory), axis=-1)  # [steps + 1, S, L]
     if method == "exact":
-        # One more step evaluates every start; its update is discarded.
-        final = np.asarray(
-            _step(engine, logits, state, key_select, problem, table)[2], np.float64
-        )
+        # One more step evaluates the last iterates (its update is discarded); the
+        # exact objective is known along every trajectory, so the best point seen is
+        # kept, which can never be worse than the start.
+        last = _step(engine, logits, state, key_select, problem, table)[2]
+        seen = np.asarray(jnp.stack(values + [last]), np.float64)  # [steps + 1, S]
+        final = seen[-1]
+        when, best = np.unravel_index(int(np.argmin(seen)), seen.shape)
+        loss, error = float(seen[when, best]), 0.0
+        if table is not None:
+            error = float(table_error_bound(problem, gammas[when, best], table))
     else:
-        # Common random numbers: every start is evaluated on the same trials.
+        # Common random numbers: every start is evaluated on the same trials; the
+        # reported loss comes from independent ones.
         final = np.array(
             [
                 float(_estimate(key_select, problem, g, evaluation_trials, field).value)
-                for g in gammas
+                for g in gammas[-1]
             ]
         )
-    best = int(np.argmin(final))
-    gamma = np.asarray(gammas[best], np.float64)
-    gamma = gamma / gamma.sum()
-    if method == "exact":
-        loss, error = float(final[best]), 0.0
-        if table is not None:
-            error = float(table_error_bound(problem, gammas[best], table))
-    else:
+        when, best = steps, int(np.argmin(final))
         estimate = _estimate(
-            key_report, problem, gammas[best], evaluation_trials, field
+            key_report, problem, gammas[when, best], evaluation_trials, field
         )
         loss, error = float(estimate.value), float(estimate.standard_error)
+    gamma = np.asarray(gammas[when, best], np.float64)
+    gamma = gamma / gamma.sum()
 
-    history_logits = jnp.stack(trajectory)[:, best]
     history = History(
         np.asarray(jnp.stack(values)[:, best], np.float64),
-        np.asarray(jax.nn.softmax(history_logits, axis=-1), np.float64),
+        np.asarray(gammas[:steps, best], np.float64),
     )
     return TuneResult(
         gamma=gamma,

@@ -1,0 +1,152 @@
+"""The machine's own limit: the rate of the field operation an elimination repeats.
+
+Gauss-Jordan elimination and the progressive decoder spend their arithmetic on one
+elementwise operation, the multiply-subtract ``y - x z`` of a field. This module
+times jitted, fused chains of that operation over large ``uint32`` (``float32``)
+arrays and reports field elements per second: what the machine does when nothing
+but the arithmetic counts (no pivot search, no gathers of rows, no loop overheads).
+The decoder's useful operations per second divided by this rate is the fraction of
+the limit that decoding reaches.
+
+The operation is the engine's own arithmetic (``uepjax.fields``):
+
+* ``GF(p)``, ``p >= 2^16``: one Montgomery product and a modular subtraction (the
+  update of the elimination, which works in a scaled Montgomery domain).
+* ``GF(p)``, ``p < 2^16``: a ``uint32`` product, ``%`` and a modular subtraction.
+* ``GF(2^8)``: one lookup in the ``256 x 256`` product table and an XOR.
+* ``GF(2)``: ``y ^ (x & z)`` on packed ``uint32`` words, counted as 32 elements a
+  word (the decoder packs 32 unknowns into a word).
+* reals: a ``float32`` multiply-subtract.
+
+A chain of dependent operations can be bound by latency rather than throughput, so
+several shapes of kernel are tried (independent chains side by side, short and long
+chains) and the fastest is the limit.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from timing import Timing, measure
+
+from uepjax import fields
+from uepjax.fields import _raw_mul, _to_operand
+
+__all__ = [
+    "VARIANTS",
+    "Kernel",
+    "calibrate",
+    "elements_per_word",
+    "multiply_subtract",
+]
+
+VARIANTS = ((1, 4), (1, 16), (4, 4), (4, 16))
+"""``(independent chains, operations per chain per loop)`` shapes that are tried."""
+
+
+def elements_per_word(field: fields.Field) -> int:
+    """Field elements that one machine word of the limit kernel holds."""
+    return 32 if field.kind is fields.FieldKind.BINARY else 1
+
+
+def multiply_subtract(field: fields.Field, x, y, z):
+    """``y - x z`` elementwise in ``field`` (words of bits for ``GF(2)``)."""
+    if field.kind is fields.FieldKind.BINARY:
+        return y ^ (x & z)
+    if field.kind is fields.FieldKind.REAL:
+        return y - x * z
+    return field.sub(y, _raw_mul(field, x, z))
+
+
+@functools.partial(jax.jit, static_argnames=("field", "loops", "unroll"))
+def _chain(xs, y, z, field: fields.Field, loops: int, unroll: int):
+    def body(_, xs):
+        # Each step needs the previous one, so nothing can be hoisted or skipped.
+        for _ in range(unroll):
+            xs = tuple(multiply_subtract(field, x, y, z) for x in xs)
+        return xs
+
+    return lax.fori_loop(0, loops, body, xs)
+
+
+def _operands(key: jax.Array, field: fields.Field, elements: int):
+    keys = jax.random.split(key, 3)
+    if field.kind is fields.FieldKind.BINARY:
+        return tuple(jax.random.bits(k, (elements,), dtype=jnp.uint32) for k in keys)
+    if field.kind is fields.FieldKind.REAL:
+        x, y = (jax.random.normal(k, (elements,)) for k in keys[:2])
+        # |z| < 1 keeps the chain bounded (it contracts to y / (1 + z)).
+        z = jax.random.uniform(keys[2], (elements,), minval=-0.9, maxval=0.9)
+        return x, y, z
+    x, y, z = (field.random(k, (elements,)) for k in keys)
+    return x, y, _to_operand(field, z)
+
+
+class Kernel(NamedTuple):
+    """One shape of the limit kernel, ready to call.
+
+    Attributes:
+        field: the field.
+        chains: independent chains side by side (each over ``elements / chains``).
+        unroll: operations per chain in one loop iteration (fused).
+        loops: loop iterations per call.
+        elements: words in all chains together.
+        call: runs the kernel once (returns its arrays).
+    """
+
+    field: fields.Field
+    chains: int
+    unroll: int
+    loops: int
+    elements: int
+    call: Callable
+
+    @property
+    def work(self) -> float:
+        """Field multiply-subtracts per call."""
+        return (
+            float(self.elements)
+            * self.unroll
+            * self.loops
+            * elements_per_word(self.field)
+        )
+
+
+def _kernel(field, elements, chains, unroll, loops) -> Kernel:
+    x, y, z = _operands(jax.random.key(0), field, elements)
+    width = elements // chains
+    xs = tuple(x[i * width : (i + 1) * width] for i in range(chains))
+    y, z = y[:width], z[:width]
+
+    def call():
+        return _chain(xs, y, z, field, loops, unroll)
+
+    return Kernel(field, chains, unroll, loops, width * chains, call)
+
+
+def calibrate(
+    field: fields.Field, elements: int, seconds: float, repeats: int
+) -> tuple[Kernel, float, dict[str, tuple[Timing, float]]]:
+    """Finds the fastest kernel shape and sizes it to about ``seconds`` a call.
+
+    Returns:
+        ``(kernel, elements per second, (timing, rate) of every shape by
+        "chains x unroll")``; rates count elements as in :func:`elements_per_word`.
+    """
+    best, best_rate, timings = None, 0.0, {}
+    for chains, unroll in VARIANTS:
+        probe = _kernel(field, elements, chains, unroll, 1)
+        first = measure(probe.call, 1)
+        loops = max(1, round(seconds / max(first.wall_min, 1e-6)))
+        kernel = _kernel(field, elements, chains, unroll, loops)
+        timing = measure(kernel.call, repeats)
+        rate = kernel.work / timing.wall
+        timings[f"{chains}x{unroll}"] = (timing, rate)
+        if rate > best_rate:
+            best, best_rate = kernel, rate
+    return best, best_rate, timings

@@ -1,0 +1,552 @@
+"""uepjax benchmarks: throughput and scaling against baselines and the machine's limit.
+
+One command measures everything in a single run and writes ``report.md`` (tables),
+``results.json`` (every timing) and ``scaling.png`` into ``--out``:
+
+    python benchmarks/run.py --out benchmarks/results            # about 15 minutes
+    python benchmarks/run.py --quick --out /tmp/bench             # a smoke run
+    python benchmarks/run.py --report-only --out benchmarks/results   # redraw
+
+Sections, in order: the elementwise limit of every field; batched rank against a
+per-matrix galois loop and NumPy; progressive decoding against a plain vmapped
+Gauss-Jordan in JAX, NumPy and galois at the paper's sizes and scaled up; scaling
+with trials, sub-products and workers; the end-to-end time and peak memory of a
+point of the paper's setting (one fresh process per field, increasing trials); the
+end-to-end time of the main job (``uepjax sweep sweeps/paper-synthetic.toml``).
+``benchmarks/gpu.py`` runs the same on one accelerator with larger sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+# A machine without an installed uepjax (a fresh accelerator host) runs the checkout.
+if str(REPOSITORY) not in sys.path:
+    sys.path.append(str(REPOSITORY))
+
+import report  # noqa: E402
+import suite  # noqa: E402
+from timing import load_average  # noqa: E402
+
+__all__ = ["PROFILES", "main", "run", "targets"]
+
+MAIN_JOB = "sweeps/paper-synthetic.toml"
+
+PROFILES = {
+    "cpu": suite.Profile(name="cpu"),
+    "quick": suite.Profile(
+        name="quick",
+        fields=(256,),
+        sizes=((9, 30),),
+        operations=2e5,
+        min_trials=64,
+        max_trials=512,
+        repeats=1,
+        rank_trials=256,
+        loop_items=3,
+        loop_seconds=0.05,
+        limit_elements=2**14,
+        limit_seconds=0.01,
+        scaling_trials=(64,),
+        scaling_fields=(256,),
+        scaling_subproducts=(9,),
+        scaling_subproducts_workers=30,
+        scaling_workers=(30,),
+        point_fields=(256,),
+        point_trials=(1024, 2048),
+        chunk_size=1024,
+        main_job=False,
+    ),
+    "gpu": suite.Profile(
+        name="gpu",
+        operations=2e9,
+        min_trials=4096,
+        max_trials=2**20,
+        repeats=3,
+        rank_trials=2**20,
+        loop_items=100,
+        loop_seconds=0.5,
+        limit_elements=2**26,
+        limit_seconds=0.2,
+        scaling_trials=(2**12, 2**14, 2**16, 2**18, 2**20),
+        point_trials=(10**5, 10**6, 10**7),
+        chunk_size=2**17,
+        time_budget=270.0,
+        main_job_seconds=75.0,
+    ),
+}
+"""The sizes of a CPU run, of a smoke run and of a run on one accelerator."""
+
+MEMORY_FLAT_TOLERANCE = 0.10
+"""Peak memory counts as flat if it grows by at most this fraction over the trials."""
+
+
+# ---------------------------------------------------------------------------------
+# The end-to-end point, in a fresh process per field.
+
+
+def _device_peak_bytes() -> int | None:
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats:
+        return None
+    return stats.get("peak_bytes_in_use")
+
+
+def _point_child(spec: dict) -> dict:
+    """Runs the paper's point for increasing trials in this (fresh) process."""
+    import jax
+    import numpy as np
+
+    from uepjax import codes, simulate, sweep
+
+    experiment = sweep.load_config(REPOSITORY / MAIN_JOB)
+    key = jax.random.key(experiment.seed)
+    key_rxc, key_cxr, key_trials = jax.random.split(key, 3)
+    grams = np.stack(
+        [
+            sweep.PaperMatrices("rxc", key_rxc, experiment.matrices).gram,
+            sweep.PaperMatrices("cxr", key_cxr, experiment.matrices).gram,
+        ]
+    )
+    code = codes.ew(experiment.code.class_sizes, experiment.code.gamma)
+    arguments = dict(
+        gram=grams,
+        response_time=experiment.workers.model(),
+        deadlines=experiment.deadlines.values(),
+        chunk_size=spec["chunk_size"],
+    )
+    field, workers = spec["field"], experiment.workers.count
+    started = time.perf_counter()
+    warm = simulate.curves(
+        jax.random.key(1), code, field, workers, spec["chunk_size"], **arguments
+    )
+    jax.block_until_ready(warm.by_deadline.mean)
+    record = dict(
+        field=suite.field_label(field),
+        compile_seconds=time.perf_counter() - started,
+        warm_peak_rss_mib=suite.peak_rss_mib(),
+        deadlines=len(arguments["deadlines"]),
+        chunk_size=spec["chunk_size"],
+        runs=[],
+    )
+    for trials in spec["trials"]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = simulate.curves(key_trials, code, field, workers, trials, **arguments)
+        record["runs"].append(
+            dict(
+                trials=result.by_deadline.trials,
+                seconds=time.perf_counter() - wall,
+                cpu_seconds=time.process_time() - cpu,
+                peak_rss_mib=suite.peak_rss_mib(),
+                device_peak_bytes=_device_peak_bytes(),
+                loss_at_t1_rxc=float(result.by_deadline.mean[0, 40]),
+            )
+        )
+    return record
+
+
+def _in_child(flag: str, spec: dict, timeout: float) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(spec)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=True
+        )
+    except subprocess.CalledProcessError as error:
+        tail = (error.stderr or "").strip().splitlines()[-3:]
+        return dict(error=" / ".join(tail) or f"exit status {error.returncode}")
+    except subprocess.TimeoutExpired:
+        return dict(error=f"did not finish within {timeout:.0f} s")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def points(profile: suite.Profile, time_left=lambda: math.inf) -> tuple[list, list]:
+    """The paper's point for every field of the profile, each in a fresh process.
+
+    Returns:
+        ``(records, skipped)``: one record per field measured, and the fields left
+        out once ``time_left()`` is not positive.
+    """
+    found, skipped = [], []
+    for q in profile.point_fields:
+        if time_left() <= 0:
+            skipped.append(f"the paper's point over {suite.field_label(q)}")
+            continue
+        spec = dict(
+            field=q, trials=list(profile.point_trials), chunk_size=profile.chunk_size
+        )
+        timeout = min(3600.0, max(60.0, time_left() + 60.0))
+        record = _in_child("--child-point", spec, timeout=timeout)
+        record.setdefault("field", suite.field_label(q))
+        found.append(record)
+    return found, skipped
+
+
+# ---------------------------------------------------------------------------------
+# The main job.
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _toml(table: dict, prefix: tuple[str, ...] = ()) -> str:
+    """A TOML document for a table of scalars, lists and tables."""
+    lines = [
+        f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)
+    ]
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{'.'.join((*prefix, k))}]", _toml(v, (*prefix, k))]
+    return "\n".join(lines)
+
+
+def main_job(profile: suite.Profile) -> dict:
+    """Wall and CPU time of ``uepjax sweep sweeps/paper-synthetic.toml``."""
+    from uepjax import config
+
+    table = config.load_toml(REPOSITORY / MAIN_JOB)
+    with tempfile.TemporaryDirectory(prefix="uepjax-bench-") as folder:
+        path = REPOSITORY / MAIN_JOB
+        if profile.main_job_trials or profile.main_job_fields:
+            if profile.main_job_trials:
+                table["monte_carlo"]["trials"] = profile.main_job_trials
+            if profile.main_job_fields:
+                table["monte_carlo"]["fields"] = list(profile.main_job_fields)
+            path = Path(folder) / "main-job.toml"
+            path.write_text(_toml(table) + "\n")
+        out = Path(folder) / "out"
+        command = [
+            sys.executable,
+            "-m",
+            "uepjax.cli",
+            "sweep",
+            str(path),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        record = dict(
+            config=MAIN_JOB
+            if path == REPOSITORY / MAIN_JOB
+            else f"{MAIN_JOB} (trials {table['monte_carlo']['trials']}, fields "
+            f"{table['monte_carlo']['fields']})",
+            trials=table["monte_carlo"]["trials"],
+            fields=", ".join(
+                suite.field_label(q) for q in table["monte_carlo"]["fields"]
+            ),
+            seconds=seconds,
+            cpu_seconds=(after.ru_utime + after.ru_stime)
+            - (before.ru_utime + before.ru_stime),
+        )
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-3:]
+            record["error"] = " / ".join(tail) or f"exit status {done.returncode}"
+            return record
+        run_record = out / "run.json"
+        if run_record.is_file():
+            record["job_seconds"] = json.loads(run_record.read_text()).get("seconds")
+    return record
+
+
+# ---------------------------------------------------------------------------------
+# Targets.
+
+
+def _find(rows: list[dict], **match) -> dict | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def _target(name, required, measured, holds, note="") -> dict:
+    return dict(name=name, required=required, measured=measured, holds=holds, note=note)
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets, each as a ratio measured in this run."""
+    found = []
+    rank = _find(results["rank"], field="GF(2^8)")
+    if rank and "speedup_galois" in rank:
+        cpu_ratio = rank["galois_loop"]["cpu_per_item"] / (
+            rank["uepjax"]["cpu"] / rank["trials"]
+        )
+        found.append(
+            _target(
+                "batched rank, GF(2^8), 15 x 9, vs a per-matrix galois loop",
+                ">= 2000x",
+                f"{rank['speedup_galois']:,.0f}x (CPU time: {cpu_ratio:,.0f}x)",
+                rank["speedup_galois"] >= 2000,
+                "per matrix: galois "
+                f"{report._seconds(rank['galois_loop']['seconds_per_item'])}, uepjax "
+                f"{report._seconds(rank['uepjax_seconds_per_item'])}",
+            )
+        )
+    for row in results["rank"]:
+        if "speedup_galois" in row:
+            found.append(
+                _target(
+                    f"issue 2: batched rank, {row['field']}, 15 x 9, vs galois loop",
+                    ">= 100x (orders of magnitude)",
+                    f"{row['speedup_galois']:,.0f}x",
+                    row["speedup_galois"] >= 100,
+                )
+            )
+    for row in results["decode"]:
+        if (row["subproducts"], row["workers"]) == (9, 30):
+            found.append(
+                _target(
+                    f"progressive decoding of every prefix, {row['field']}, 30 x 9, vs "
+                    "plain vmapped elimination of the full matrix",
+                    ">= 3x faster",
+                    f"{row['speedup_plain']:.2f}x",
+                    row["speedup_plain"] >= 3,
+                    f"{row['iterations']} of 30 arrivals processed per batch",
+                )
+            )
+    for field in dict.fromkeys(r["field"] for r in results["decode"]):
+        rows = [r for r in results["decode"] if r["field"] == field]
+        worst = min(rows, key=lambda r: r["speedup_plain"])
+        found.append(
+            _target(
+                f"issue 2: every prefix costs no more than one plain elimination, "
+                f"{field}, all sizes",
+                ">= 1x at every size",
+                f"worst {worst['speedup_plain']:.2f}x at {worst['workers']} x "
+                f"{worst['subproducts']}",
+                worst["speedup_plain"] >= 1,
+            )
+        )
+    prime = "GF(2^31-1)"
+    row = _find(results["rank"], field=prime)
+    if row:
+        found.append(
+            _target(
+                f"prime-field elimination ({prime}, Gauss-Jordan rank 15 x 9), "
+                "fraction of the elementwise limit",
+                ">= 30%",
+                report._percent(row["fraction_of_limit"]),
+                row["fraction_of_limit"] >= 0.3,
+            )
+        )
+    row = _find(results["decode"], field=prime, subproducts=9, workers=30)
+    if row:
+        found.append(
+            _target(
+                f"prime-field elimination ({prime}, progressive 30 x 9), fraction of "
+                "the elementwise limit",
+                ">= 30%",
+                report._percent(row["fraction_of_limit"]),
+                row["fraction_of_limit"] >= 0.3,
+            )
+        )
+    for point in results.get("point", []):
+        runs = point.get("runs") or []
+        if not runs:
+            found.append(
+                _target(
+                    f"paper point, {point['field']}",
+                    "",
+                    "failed",
+                    None,
+                    point.get("error", ""),
+                )
+            )
+            continue
+        last = runs[-1]
+        found.append(
+            _target(
+                f"a {last['trials']:,}-trial point of the paper's setting, "
+                f"{point['field']}, all {point.get('deadlines', 81)} deadlines",
+                "< 5 s" if last["trials"] >= 10**6 else "< 5 s at 10^6 trials",
+                f"{last['seconds']:.3g} s (CPU {last['cpu_seconds']:.3g} s), "
+                f"compile {point['compile_seconds']:.3g} s apart",
+                last["seconds"] < 5 if last["trials"] >= 10**6 else None,
+            )
+        )
+        first = runs[0]
+        base = max(point["warm_peak_rss_mib"], first["peak_rss_mib"])
+        growth = (last["peak_rss_mib"] - base) / base
+        found.append(
+            _target(
+                f"peak memory flat in the number of trials, {point['field']}",
+                f"grows <= {MEMORY_FLAT_TOLERANCE:.0%} from {first['trials']:,} to "
+                f"{last['trials']:,} trials",
+                f"{base:.0f} -> {last['peak_rss_mib']:.0f} MiB ({growth:+.1%})",
+                growth <= MEMORY_FLAT_TOLERANCE,
+                "peak RSS of a fresh process; the first value includes compilation",
+            )
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------
+# The run.
+
+
+def _meta(profile: suite.Profile, command: str) -> dict:
+    import jax
+
+    return dict(
+        profile=profile.name,
+        command=command,
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=f"{platform.machine()} {platform.processor() or platform.system()}",
+        cpus=os.cpu_count(),
+        jax=jax.__version__,
+        python=platform.python_version(),
+        devices=", ".join(sorted({d.device_kind for d in jax.devices()})),
+        load_start=load_average(),
+    )
+
+
+def run(profile: suite.Profile, out: Path, sections: set[str], say) -> dict:
+    """Measures every requested section and writes the report into ``out``."""
+    started = time.perf_counter()
+    budget = math.inf if profile.time_budget is None else profile.time_budget
+    reserve = profile.main_job_seconds if "main" in sections else 0.0
+
+    def time_left(keep: float = reserve) -> float:
+        return budget - keep - (time.perf_counter() - started)
+
+    command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
+    results = dict(
+        meta=_meta(profile, command), profile=dataclasses.asdict(profile), skipped=[]
+    )
+    say("elementwise limits")
+    results["limits"], kernels = suite.elementwise_limits(profile)
+    results["rank"], results["decode"], results["breakdown"] = [], [], []
+    results["scaling"] = dict(trials=[], subproducts=[], workers=[])
+    if "rank" in sections:
+        say("batched rank against galois and NumPy")
+        results["rank"] = suite.rank_comparison(profile, kernels)
+    if "decode" in sections:
+        say("decoding throughput against the baselines")
+        results["decode"], skipped = suite.decoding(profile, kernels, time_left)
+        results["skipped"] += skipped
+        results["breakdown"] = suite.trial_breakdown(profile, results["decode"])
+    if "scaling" in sections:
+        say("scaling with trials, sub-products and workers")
+        results["scaling"], skipped = suite.scaling(
+            profile, kernels, results["decode"], time_left
+        )
+        results["skipped"] += skipped
+    if "point" in sections:
+        say("the paper's point end to end, one process per field")
+        results["point"], skipped = points(profile, time_left)
+        results["skipped"] += skipped
+    if "main" in sections and profile.main_job:
+        if time_left(0.0) >= profile.main_job_seconds:
+            say("the main job")
+            results["main_job"] = main_job(profile)
+        else:
+            results["skipped"].append("the main job")
+    if results["skipped"]:
+        say(f"skipped for the time budget: {', '.join(results['skipped'])}")
+    results["targets"] = targets(results)
+    results["meta"]["load_end"] = load_average()
+    results["meta"]["seconds"] = time.perf_counter() - started
+    write(results, out)
+    return results
+
+
+def write(results: dict, out: Path) -> None:
+    """Writes ``results.json``, ``report.md`` and ``scaling.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    report.plot_scaling(results, out / "scaling.png")
+    (out / "report.md").write_text(report.render(results))
+
+
+SECTION_NAMES = ("rank", "decode", "scaling", "point", "main")
+
+
+def main(argv: list[str] | None = None, default_profile: str = "cpu") -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", type=Path, help="folder for report.md, results.json and scaling.png"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help=f"sizes of the run (default {default_profile})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the small smoke-test profile (same as --profile quick)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTION_NAMES,
+        help="measure only these sections (limits always run)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="redraw report.md and scaling.png from results.json",
+    )
+    parser.add_argument("--child-point", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_point is not None:
+        print(json.dumps(_point_child(json.loads(args.child_point))))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        results["targets"] = targets(results)
+        write(results, args.out)
+        return 0
+    if args.quick and args.profile not in (None, "quick"):
+        parser.error("--quick and --profile disagree")
+    name = "quick" if args.quick else (args.profile or default_profile)
+    sections = set(args.only or SECTION_NAMES)
+
+    def say(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    results = run(PROFILES[name], args.out, sections, say)
+    for target in results["targets"]:
+        verdict = {True: "holds", False: "MISSED", None: "n/a"}[target["holds"]]
+        print(
+            f"  {verdict:>6}  {target['name']}: {target['measured']} "
+            f"(required {target['required']})"
+        )
+    print(f"wrote {args.out / 'report.md'} in {results['meta']['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

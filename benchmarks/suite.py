@@ -1,0 +1,534 @@
+"""The measurements of the benchmark, one function per section of the report.
+
+Each function takes a :class:`Profile` (the sizes of one run) and returns plain
+dicts and lists, ready for ``results.json``. Inputs are drawn once per case and the
+library and every baseline decode the same matrices; their answers are compared and
+the agreement is part of the result.
+
+Operation counts (``useful operations``) are field multiply-subtracts:
+
+* Gauss-Jordan of an ``R x C`` matrix (``uepjax.fields.rank``, the plain baseline):
+  ``C`` steps, each updating all ``R C`` entries: ``R C^2``.
+* Progressive decoding of ``W`` arrivals with ``K`` unknowns: per arrival a product
+  of the row with the ``K x K`` null-space basis and an update of the basis,
+  ``2 K^2``, times the number of arrivals the batch actually processed (the decoder
+  stops once every trial of the batch has full rank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+import resource
+from collections.abc import Callable
+
+import baselines
+import jax
+import jax.numpy as jnp
+import limits
+import numpy as np
+from timing import LoopTiming, Timing, interleaved, measure, per_item
+
+from uepjax import codes, decode, fields, simulate
+
+__all__ = [
+    "GAMMA",
+    "Profile",
+    "class_sizes",
+    "decode_case",
+    "decoding",
+    "elementwise_limits",
+    "field_label",
+    "rank_comparison",
+    "scaling",
+    "trial_breakdown",
+]
+
+GAMMA = (0.40, 0.35, 0.25)
+"""Window probabilities of the paper's EW code (Sec. VI), used at every size."""
+
+LARGE_PRIME = 2**31 - 1
+
+HAVE_GALOIS = importlib.util.find_spec("galois") is not None
+"""The galois baselines run only where galois is installed (a GPU machine may lack
+it); their rows then say n/a."""
+
+
+def _forever() -> float:
+    return math.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The sizes and budgets of one benchmark run.
+
+    Attributes:
+        name: ``"cpu"``, ``"quick"`` or ``"gpu"``.
+        fields: field orders (``"real"`` for real coefficients).
+        sizes: ``(K, W)`` pairs of the throughput table.
+        operations: multiply-subtracts per timed decoding call; the number of trials
+            of a case is this over ``W K^2``, a power of two within the bounds.
+        min_trials: fewest trials of a timed decoding call.
+        max_trials: most trials of a timed decoding call.
+        repeats: timed repeats of every JAX measurement (median reported).
+        rank_trials: matrices of the batched-rank comparison (``15 x 9``).
+        loop_items: most matrices of a per-matrix loop (galois, NumPy).
+        loop_seconds: time budget of each per-matrix loop.
+        prefix_max_workers: the galois all-prefixes loop runs for ``W`` up to this.
+        limit_elements: words per operand of the elementwise limit.
+        limit_seconds: about how long one timed call of the limit lasts.
+        scaling_trials: trials of the scaling-with-trials rows (``K=9, W=30``).
+        scaling_fields: the fields of the scaling-with-trials rows.
+        scaling_subproducts: ``K`` of the scaling-with-``K`` rows.
+        scaling_subproducts_workers: ``W`` of the scaling-with-``K`` rows.
+        scaling_workers: ``W`` of the scaling-with-``W`` rows (``K = 9``).
+        point_fields: the fields of the end-to-end paper point.
+        point_trials: increasing trial counts run by one process per field; the
+            last one is the end-to-end point, all of them show peak memory.
+        chunk_size: trials per chunk of ``uepjax.simulate.curves``.
+        main_job_trials: trials per curve of the main job (None: the config's).
+        main_job_fields: fields of the main job (None: the config's).
+        main_job: whether to run the main job at all.
+        time_budget: seconds for the whole run, or None; once spent, the remaining
+            decoding and scaling cases, points and the main job are skipped (and
+            listed in the report).
+        main_job_seconds: time the main job needs, kept free of the budget.
+    """
+
+    name: str
+    fields: tuple = (2, 256, LARGE_PRIME, "real")
+    sizes: tuple = ((9, 15), (9, 30), (16, 64), (32, 128), (64, 256))
+    operations: float = 4e7
+    min_trials: int = 128
+    max_trials: int = 16384
+    repeats: int = 5
+    rank_trials: int = 16384
+    loop_items: int = 200
+    loop_seconds: float = 1.0
+    prefix_max_workers: int = 30
+    limit_elements: int = 2**20
+    limit_seconds: float = 0.3
+    scaling_trials: tuple = (1024, 4096, 16384, 65536)
+    scaling_fields: tuple = (256, LARGE_PRIME)
+    scaling_subproducts: tuple = (9, 16, 32, 64)
+    scaling_subproducts_workers: int = 64
+    scaling_workers: tuple = (15, 30, 64, 128, 256)
+    point_fields: tuple = (LARGE_PRIME, 256, 2)
+    point_trials: tuple = (10_000, 100_000, 1_000_000)
+    chunk_size: int = simulate.DEFAULT_CHUNK
+    main_job_trials: int | None = None
+    main_job_fields: tuple | None = None
+    main_job: bool = True
+    time_budget: float | None = None
+    main_job_seconds: float = 60.0
+
+    def decode_trials(self, subproducts: int, workers: int) -> int:
+        """Trials of one timed decoding call at ``(K, W)``."""
+        wanted = self.operations / (workers * subproducts**2)
+        power = 2 ** max(0, math.floor(math.log2(max(wanted, 1))))
+        return int(min(max(power, self.min_trials), self.max_trials))
+
+
+def field_label(q) -> str:
+    """``GF(2)``, ``GF(2^8)``, ``GF(2^31-1)``, ``GF(65521)`` or ``real``."""
+    field = fields.get_field(q)
+    if field.kind is fields.FieldKind.REAL:
+        return "real"
+    if field.kind is fields.FieldKind.EXTENSION:
+        return f"GF(2^{field.degree})"
+    if field.order == LARGE_PRIME:
+        return "GF(2^31-1)"
+    return f"GF({field.order})"
+
+
+def class_sizes(subproducts: int) -> tuple[int, int, int]:
+    """``K`` split into three classes as evenly as possible, largest first."""
+    base, extra = divmod(subproducts, 3)
+    return tuple(base + (i < extra) for i in range(3))
+
+
+@functools.partial(jax.jit, static_argnames=("field", "workers", "trials"))
+def _draw_rows(key, model, field, workers, trials):
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(
+        key, jnp.arange(trials, dtype=jnp.uint32)
+    )
+    return jax.vmap(lambda k: codes.sample_rows(k, model, field, workers))(keys)
+
+
+def draw_rows(field: fields.Field, subproducts: int, workers: int, trials: int):
+    """``[trials, W, K]`` rows of the EW code with :data:`GAMMA`, in arrival order."""
+    code = codes.ew(class_sizes(subproducts), GAMMA)
+    model = codes.row_model(code, field, workers)
+    return _draw_rows(
+        jax.random.key(subproducts * 1000 + workers), model, field, workers, trials
+    )
+
+
+def _timing(t: Timing, items: int) -> dict:
+    """A timing with its throughput in items per second."""
+    record = t.to_dict()
+    record["per_second"] = items / t.wall
+    record["per_cpu_second"] = items / t.cpu if t.cpu > 0 else None
+    return record
+
+
+def _loop_record(loop: LoopTiming) -> dict:
+    return dict(
+        seconds_per_item=loop.seconds,
+        cpu_per_item=loop.cpu,
+        items=loop.items,
+        per_second=1.0 / loop.seconds,
+    )
+
+
+def _loop_agreement(loop: LoopTiming, expected: np.ndarray) -> float:
+    """Fraction of the loop's answers (one per item) equal to ``expected``."""
+    answers = np.concatenate([np.asarray(o) for o in loop.outputs])
+    return float(
+        np.mean(
+            np.all(
+                answers.reshape(len(answers), -1)
+                == expected[: len(answers)].reshape(len(answers), -1),
+                axis=-1,
+            )
+        )
+    )
+
+
+def compiled_bytes(jitted, *args, **static) -> int | None:
+    """Argument, output and temporary bytes of a compiled program, if known."""
+    try:
+        stats = jitted.lower(*args, **static).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports memory
+        return None
+    if stats is None:
+        return None
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+    )
+
+
+# ---------------------------------------------------------------------------------
+# The machine's limit.
+
+
+def elementwise_limits(profile: Profile) -> tuple[dict, dict]:
+    """Field multiply-subtracts per second of the fastest fused chain, per field.
+
+    Returns:
+        ``(records, kernels)``: a JSON record and the calibrated
+        :class:`limits.Kernel` of every field, by label. Later sections time the
+        kernel again in alternation with what they measure, so that a fraction of
+        the limit compares rates under the same load.
+    """
+    records, kernels = {}, {}
+    for q in profile.fields:
+        field = fields.get_field(q)
+        kernel, rate, variants = limits.calibrate(
+            field, profile.limit_elements, profile.limit_seconds, profile.repeats
+        )
+        label = field_label(q)
+        kernels[label] = kernel
+        records[label] = dict(
+            rate=rate,
+            chains=kernel.chains,
+            unroll=kernel.unroll,
+            loops=kernel.loops,
+            elements=kernel.elements,
+            elements_per_word=limits.elements_per_word(field),
+            variants={
+                name: dict(t.to_dict(), rate=r) for name, (t, r) in variants.items()
+            },
+        )
+    return records, kernels
+
+
+def _limit_rate(kernels: dict, label: str, timings: dict) -> float:
+    """The limit's rate from its timing alongside a measurement."""
+    return kernels[label].work / timings["limit"].wall
+
+
+# ---------------------------------------------------------------------------------
+# Batched rank against per-matrix loops.
+
+
+def _rank_field(q) -> dict:
+    return dict(field=field_label(q), galois=HAVE_GALOIS and q != "real")
+
+
+def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int = 9):
+    """``uepjax.fields.rank`` on a batch against galois and NumPy, per field."""
+    results = []
+    for q in profile.fields:
+        field = fields.get_field(q)
+        record = _rank_field(q)
+        matrices = field.random(jax.random.key(7), (profile.rank_trials, rows, cols))
+        host = np.asarray(matrices)
+        timings = interleaved(
+            {
+                "rank": lambda m=matrices, f=field: fields.rank(m, f),
+                "limit": kernels[record["field"]].call,
+            },
+            profile.repeats,
+        )
+        timing = timings["rank"]
+        ranks = np.asarray(fields.rank(matrices, field))
+        record.update(
+            rows=rows,
+            cols=cols,
+            trials=profile.rank_trials,
+            uepjax=_timing(timing, profile.rank_trials),
+            uepjax_seconds_per_item=timing.wall / profile.rank_trials,
+            memory_bytes=compiled_bytes(fields._row_echelon_jit, matrices, field=field),
+        )
+        items = min(profile.loop_items, profile.rank_trials)
+        loop = per_item(
+            lambda i, h=host, f=field: baselines.numpy_rank(h[i : i + 1], f),
+            items,
+            profile.loop_seconds,
+        )
+        record["numpy_loop"] = _loop_record(loop)
+        agreement = [_loop_agreement(loop, ranks)]
+        batched = measure(lambda h=host, f=field: baselines.numpy_rank(h, f), 1)
+        record["numpy_batched"] = _timing(batched, profile.rank_trials)
+        agreement.append(float(np.mean(baselines.numpy_rank(host, field) == ranks)))
+        if record["galois"]:
+            loop = per_item(
+                lambda i, h=host, o=q: baselines.galois_rank_loop(h[i : i + 1], o),
+                items,
+                profile.loop_seconds,
+            )
+            record["galois_loop"] = _loop_record(loop)
+            agreement.append(_loop_agreement(loop, ranks))
+            record["speedup_galois"] = (
+                record["galois_loop"]["seconds_per_item"]
+                / record["uepjax_seconds_per_item"]
+            )
+        record["speedup_numpy_loop"] = (
+            record["numpy_loop"]["seconds_per_item"] / record["uepjax_seconds_per_item"]
+        )
+        record["speedup_numpy_batched"] = batched.wall / timing.wall
+        record["agree"] = min(agreement)
+        operations = rows * cols * cols * profile.rank_trials
+        record["useful_per_second"] = operations / timing.wall
+        record["limit_rate"] = _limit_rate(kernels, record["field"], timings)
+        record["fraction_of_limit"] = record["useful_per_second"] / record["limit_rate"]
+        record["fraction_of_limit_cpu"] = (
+            operations
+            / timing.cpu
+            / (kernels[record["field"]].work / timings["limit"].cpu)
+        )
+        results.append(record)
+    return results
+
+
+# ---------------------------------------------------------------------------------
+# Decoding throughput against the baselines.
+
+
+def _iterations(index: np.ndarray, workers: int) -> int:
+    """Arrivals the progressive decoder processed for this batch (early stop)."""
+    full_rank_at = index.max(axis=-1)
+    return int(min(workers, full_rank_at.max()))
+
+
+def decode_case(
+    profile: Profile,
+    q,
+    subproducts: int,
+    workers: int,
+    kernels: dict,
+    *,
+    baselines_too: bool = True,
+    trials: int | None = None,
+) -> dict:
+    """Progressive decoding of one ``(field, K, W)`` case, with the baselines."""
+    field = fields.get_field(q)
+    trials = trials or profile.decode_trials(subproducts, workers)
+    rows = draw_rows(field, subproducts, workers, trials)
+    jax.block_until_ready(rows)
+    label = field_label(q)
+    record = dict(field=label, subproducts=subproducts, workers=workers, trials=trials)
+
+    rivals: dict[str, Callable] = {
+        "progressive": lambda: decode.recovery_index(rows, field),
+        "limit": kernels[label].call,
+    }
+    if baselines_too:
+        rivals["plain"] = lambda: baselines.plain_recoverable(rows, field)
+    timings = interleaved(rivals, profile.repeats)
+    index = np.asarray(decode.recovery_index(rows, field))
+    recovered = index <= workers
+    iterations = _iterations(index, workers)
+    record.update(
+        iterations=iterations,
+        recovered_fraction=float(recovered.mean()),
+        progressive=_timing(timings["progressive"], trials),
+        memory_bytes=compiled_bytes(decode._recovery_index_jit, rows, field=field),
+    )
+    operations = 2 * subproducts**2 * iterations * trials
+    record["useful_per_second"] = operations / timings["progressive"].wall
+    record["limit_rate"] = _limit_rate(kernels, label, timings)
+    record["fraction_of_limit"] = record["useful_per_second"] / record["limit_rate"]
+    limit_cpu_rate = kernels[label].work / timings["limit"].cpu
+    record["fraction_of_limit_cpu"] = (
+        operations / timings["progressive"].cpu / limit_cpu_rate
+    )
+    if not baselines_too:
+        return record
+
+    plain = np.asarray(baselines.plain_recoverable(rows, field))
+    record["plain"] = _timing(timings["plain"], trials)
+    record["agree_plain"] = float(np.mean(np.all(plain == recovered, axis=-1)))
+    record["speedup_plain"] = timings["plain"].wall / timings["progressive"].wall
+    plain_operations = workers * subproducts**2 * trials
+    record["plain_fraction_of_limit"] = (
+        plain_operations / timings["plain"].wall / record["limit_rate"]
+    )
+
+    host = np.asarray(rows)
+    batch = host[: min(trials, 4096)]
+    numpy_batched = measure(lambda: baselines.numpy_recoverable(batch, field), 1)
+    record["numpy_batched"] = _timing(numpy_batched, batch.shape[0])
+    numpy_answer = baselines.numpy_recoverable(batch, field)
+    record["agree_numpy"] = float(
+        np.mean(np.all(numpy_answer == recovered[: batch.shape[0]], axis=-1))
+    )
+    items = min(profile.loop_items, trials)
+    loop = per_item(
+        lambda i: baselines.numpy_recoverable(host[i : i + 1], field),
+        items,
+        profile.loop_seconds,
+    )
+    record["numpy_loop"] = _loop_record(loop)
+    record["agree_numpy_loop"] = _loop_agreement(loop, recovered)
+    if HAVE_GALOIS and q != "real":
+        loop = per_item(
+            lambda i: baselines.galois_recoverable_loop(host[i : i + 1], q),
+            items,
+            profile.loop_seconds,
+        )
+        record["galois_loop"] = _loop_record(loop)
+        record["agree_galois"] = _loop_agreement(loop, recovered)
+        if workers <= profile.prefix_max_workers:
+            loop = per_item(
+                lambda i: baselines.galois_recovery_index_loop(host[i : i + 1], q),
+                items,
+                profile.loop_seconds,
+            )
+            record["galois_prefix_loop"] = _loop_record(loop)
+            record["agree_galois_prefix"] = _loop_agreement(loop, index)
+    return record
+
+
+def decoding(
+    profile: Profile, kernels: dict, time_left: Callable[[], float] = _forever
+) -> tuple[list[dict], list[str]]:
+    """The throughput table: every field at every size, with the baselines.
+
+    Returns:
+        ``(rows, skipped)``: the cases measured and, once ``time_left()`` is not
+        positive, the cases left out.
+    """
+    rows, skipped = [], []
+    for q in profile.fields:
+        for k, w in profile.sizes:
+            if time_left() <= 0:
+                skipped.append(f"decoding {field_label(q)} {k} x {w}")
+                continue
+            rows.append(decode_case(profile, q, k, w, kernels))
+    return rows, skipped
+
+
+def scaling(
+    profile: Profile,
+    kernels: dict,
+    done: list[dict],
+    time_left: Callable[[], float] = _forever,
+) -> tuple[dict, list[str]]:
+    """Progressive decoding throughput against trials, ``K`` and ``W``.
+
+    Cases already in ``done`` (the throughput table) are reused, not measured again.
+
+    Returns:
+        ``(tables, skipped)``, as :func:`decoding`.
+    """
+    known = {(r["field"], r["subproducts"], r["workers"], r["trials"]): r for r in done}
+    skipped = []
+
+    def case(q, k, w, trials=None):
+        trials = trials or profile.decode_trials(k, w)
+        found = known.get((field_label(q), k, w, trials))
+        if found is None and time_left() <= 0:
+            skipped.append(f"scaling {field_label(q)} {k} x {w}, {trials} trials")
+        elif found is None:
+            found = decode_case(
+                profile, q, k, w, kernels, baselines_too=False, trials=trials
+            )
+        return found
+
+    cases = dict(
+        trials=[
+            (q, 9, 30, trials)
+            for q in profile.scaling_fields
+            for trials in profile.scaling_trials
+        ],
+        subproducts=[
+            (q, k, profile.scaling_subproducts_workers)
+            for q in profile.fields
+            for k in profile.scaling_subproducts
+        ],
+        workers=[(q, 9, w) for q in profile.fields for w in profile.scaling_workers],
+    )
+    tables = {
+        name: [r for r in (case(*c) for c in entries) if r is not None]
+        for name, entries in cases.items()
+    }
+    return tables, skipped
+
+
+def trial_breakdown(profile: Profile, decode_rows: list[dict]) -> list[dict]:
+    """Per-trial cost at the paper's size: drawing rows plus decoding, and decoding.
+
+    ``uepjax.simulate.sample_recovery`` draws and decodes; the decoding alone comes
+    from the throughput table (the same rows' shape, already drawn).
+    """
+    found = []
+    code = codes.ew((3, 3, 3), GAMMA)
+    for q in profile.point_fields:
+        field = fields.get_field(q)
+        trials = profile.decode_trials(9, 30)
+        timing = measure(
+            lambda f=field, t=trials: simulate.sample_recovery(
+                jax.random.key(3), code, f, 30, t
+            ),
+            profile.repeats,
+        )
+        decoded = [
+            r
+            for r in decode_rows
+            if r["field"] == field_label(q)
+            and (r["subproducts"], r["workers"]) == (9, 30)
+        ]
+        found.append(
+            dict(
+                field=field_label(q),
+                trials=trials,
+                draw_and_decode_seconds_per_trial=timing.wall / trials,
+                decode_seconds_per_trial=(
+                    decoded[0]["progressive"]["wall"] / decoded[0]["trials"]
+                    if decoded
+                    else None
+                ),
+            )
+        )
+    return found
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux: KiB units)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
