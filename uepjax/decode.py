@@ -65,8 +65,8 @@ __all__ = ["recovered_after_arrivals", "recovery_index"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
-# (basis, row) -> (basis, row was independent [batch], recovered [batch, K])
-_Insert = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+# (basis, row) -> (basis, row was independent [batch], ..., recovered [batch, K])
+_Insert = Callable[[Any, jax.Array], tuple[Any, ...]]
 
 
 def _progressive(
@@ -100,6 +100,77 @@ def _progressive(
     return lax.while_loop(more, arrive, state)[3]
 
 
+def _shrinking_widths(unknowns: int) -> list[int]:
+    """Static basis widths of the phases of a null-space pass: ``K, K/2, ..., 1``."""
+    widths = []
+    while unknowns > 0:
+        widths.append(unknowns)
+        unknowns //= 2
+    return widths
+
+
+def _compact(basis: jax.Array, j: jax.Array, live: jax.Array, axis: int) -> jax.Array:
+    """Moves the last live column into the emptied column ``j``.
+
+    Keeps the live null-space columns in front, so that a phase can drop the
+    trailing columns once every trial has few enough live ones.
+    """
+    shape = [1] * basis.ndim
+    shape[0], shape[axis] = basis.shape[0], 1
+    last = jnp.maximum(live - 1, 0)
+    moved = jnp.take_along_axis(basis, last.reshape(shape), axis=axis)
+    ids = jnp.arange(basis.shape[axis]).reshape(
+        [-1 if a == axis else 1 for a in range(basis.ndim)]
+    )
+    basis = jnp.where(ids == j.reshape(shape), moved, basis)
+    return jnp.where(ids == last.reshape(shape), jnp.zeros_like(basis), basis)
+
+
+def _null_space_pass(
+    rows: jax.Array, basis: jax.Array, insert: _Insert, axis: int, unknowns: int
+) -> jax.Array:
+    """One pass over ``rows [arrivals, batch, ...]``; returns ``[batch, K]`` indices.
+
+    ``basis`` holds null-space columns along ``axis``; ``insert(basis, row)`` returns
+    the updated basis, whether the row was independent, the first column it
+    removed, and the recovered unknowns. The pass runs in phases of shrinking
+    width: once no trial has more live columns than the next width, the trailing
+    (all-zero) columns are dropped, and it stops once no trial has any.
+    """
+    arrivals, batch = rows.shape[:2]
+    never = arrivals + 1
+    state = (
+        jnp.int32(0),
+        jnp.full((batch,), unknowns, jnp.int32),
+        jnp.full((batch, unknowns), never, jnp.int32),
+    )
+    widths = _shrinking_widths(unknowns)
+    for phase, width in enumerate(widths):
+        following = widths[phase + 1] if phase + 1 < len(widths) else 0
+        basis = lax.slice_in_dim(basis, 0, width, axis=axis)
+
+        def more(state, following=following):
+            n, _, live, _ = state
+            return (n < arrivals) & (jnp.max(live) > following)
+
+        def arrive(state):
+            n, basis, live, index = state
+            row = lax.dynamic_index_in_dim(rows, n, axis=0, keepdims=False)
+            updated, independent, j, recovered = insert(basis, row)
+            compacted = _compact(updated, j, live, axis)
+            keep = independent.reshape((-1,) + (1,) * (basis.ndim - 1))
+            basis = jnp.where(keep, compacted, updated)
+            live = live - independent.astype(jnp.int32)
+            index = jnp.where(recovered & (index == never), n + 1, index)
+            return n + 1, basis, live, index
+
+        n, basis, live, index = lax.while_loop(
+            more, arrive, (state[0], basis) + state[1:]
+        )
+        state = (n, live, index)
+    return state[2]
+
+
 def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     """GF(2): null-space columns packed into words over the ``K`` coordinates."""
     arrivals, batch = rows.shape[:2]
@@ -109,17 +180,17 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     basis = jnp.broadcast_to(_pack_bits(identity), (batch, unknowns, words))
 
     def insert(basis, row):
-        # basis [batch, K, words]: column i of N as words; row [batch, words].
+        # basis [batch, width, words]: column i of N as words; row [batch, words].
         overlap = lax.population_count(basis & row[:, None, :])
-        s = (jnp.sum(overlap, axis=-1) & np.uint32(1)) == 1  # [batch, K]
+        s = (jnp.sum(overlap, axis=-1) & np.uint32(1)) == 1  # [batch, width]
         independent = jnp.any(s, axis=-1)
         j = jnp.argmax(s, axis=-1)
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=1)
         basis = basis ^ jnp.where(s[..., None], column_j, np.uint32(0))
         occupied = jnp.bitwise_or.reduce(basis, axis=1)  # [batch, words]
-        return basis, independent, ~_unpack_bits(occupied, unknowns)
+        return basis, independent, j, ~_unpack_bits(occupied, unknowns)
 
-    return _progressive(packed_rows, basis, insert, unknowns)
+    return _null_space_pass(packed_rows, basis, insert, 1, unknowns)
 
 
 def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
@@ -133,7 +204,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):
-        # basis [batch, K (coordinate k), K (column i)], row [batch, K].
+        # basis [batch, K (coordinate k), width (column i)], row [batch, K].
         if montgomery:
             s = _montgomery_dot(row[:, :, None], basis, 1, p)
         else:
@@ -158,9 +229,9 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
                 basis = (basis + field.neg(ratio) * column_j) % np.uint32(p)
             else:
                 basis = basis ^ _raw_mul(field, ratio, column_j)
-        return basis, independent, ~jnp.any(basis != 0, axis=2)
+        return basis, independent, j, ~jnp.any(basis != 0, axis=2)
 
-    return _progressive(rows, basis, insert, unknowns)
+    return _null_space_pass(rows, basis, insert, 2, unknowns)
 
 
 def _recovery_real(rows: jax.Array) -> jax.Array:

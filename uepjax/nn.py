@@ -308,7 +308,7 @@ def coding_setup(
 
     Example:
         >>> coding = coding_setup("now", "rxc", deadline=0.5)
-        >>> coding.workers, coding.blocks, float(coding.latency.load)
+        >>> coding.workers, coding.blocks, round(float(coding.latency.load), 6)
         (15, (3, 3), 0.6)
     """
     scheme = codes.Scheme.parse(scheme)

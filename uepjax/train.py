@@ -796,7 +796,13 @@ class StragglerConfig:
         for name in ("uncoded_workers", "repetition_workers", "coded_workers"):
             _positive_int(getattr(self, name), name)
         _positive_float(self.rate, "rate")
-        nn.coding_setup("ew", "cxr", gamma=self.gamma, field=_field_value(self.field))
+        nn.coding_setup(
+            "ew",
+            "cxr",
+            gamma=self.gamma,
+            field=_field_value(self.field),
+            mode=self.mode,
+        )
 
     def workers(self, scheme: str) -> int:
         """`W` of the scheme."""
