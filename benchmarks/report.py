@@ -444,7 +444,7 @@ def _end_to_end(results: dict) -> list[str]:
 
 def render(results: dict) -> str:
     """The Markdown report of one run."""
-    meta = results["meta"]
+    meta = {"load_end": "n/a", "seconds": None, **results["meta"]}
     lines = [
         "# uepjax benchmarks",
         "",

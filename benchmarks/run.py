@@ -177,7 +177,9 @@ def _in_child(flag: str, spec: dict, timeout: float) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def points(profile: suite.Profile, time_left=lambda: math.inf) -> tuple[list, list]:
+def points(
+    profile: suite.Profile, time_left=lambda: math.inf, say=print
+) -> tuple[list, list]:
     """The paper's point for every field of the profile, each in a fresh process.
 
     Returns:
@@ -193,6 +195,7 @@ def points(profile: suite.Profile, time_left=lambda: math.inf) -> tuple[list, li
             field=q, trials=list(profile.point_trials), chunk_size=profile.chunk_size
         )
         timeout = min(3600.0, max(60.0, time_left() + 60.0))
+        say(f"  {suite.field_label(q)}: {', '.join(map(str, profile.point_trials))}")
         record = _in_child("--child-point", spec, timeout=timeout)
         record.setdefault("field", suite.field_label(q))
         found.append(record)
@@ -446,24 +449,34 @@ def run(profile: suite.Profile, out: Path, sections: set[str], say) -> dict:
     results["limits"], kernels = suite.elementwise_limits(profile)
     results["rank"], results["decode"], results["breakdown"] = [], [], []
     results["scaling"] = dict(trials=[], subproducts=[], workers=[])
+    out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint() -> None:
+        # An interrupted run keeps what it measured (redraw with --report-only).
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
     if "rank" in sections:
         say("batched rank against galois and NumPy")
         results["rank"] = suite.rank_comparison(profile, kernels)
+        checkpoint()
     if "decode" in sections:
         say("decoding throughput against the baselines")
-        results["decode"], skipped = suite.decoding(profile, kernels, time_left)
+        results["decode"], skipped = suite.decoding(profile, kernels, time_left, say)
         results["skipped"] += skipped
         results["breakdown"] = suite.trial_breakdown(profile, results["decode"])
+        checkpoint()
     if "scaling" in sections:
         say("scaling with trials, sub-products and workers")
         results["scaling"], skipped = suite.scaling(
-            profile, kernels, results["decode"], time_left
+            profile, kernels, results["decode"], time_left, say
         )
         results["skipped"] += skipped
+        checkpoint()
     if "point" in sections:
         say("the paper's point end to end, one process per field")
-        results["point"], skipped = points(profile, time_left)
+        results["point"], skipped = points(profile, time_left, say)
         results["skipped"] += skipped
+        checkpoint()
     if "main" in sections and profile.main_job:
         if time_left(0.0) >= profile.main_job_seconds:
             say("the main job")

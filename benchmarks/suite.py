@@ -425,8 +425,15 @@ def decode_case(
     return record
 
 
+def _silent(message: str) -> None:
+    del message
+
+
 def decoding(
-    profile: Profile, kernels: dict, time_left: Callable[[], float] = _forever
+    profile: Profile,
+    kernels: dict,
+    time_left: Callable[[], float] = _forever,
+    say: Callable[[str], None] = _silent,
 ) -> tuple[list[dict], list[str]]:
     """The throughput table: every field at every size, with the baselines.
 
@@ -440,6 +447,7 @@ def decoding(
             if time_left() <= 0:
                 skipped.append(f"decoding {field_label(q)} {k} x {w}")
                 continue
+            say(f"  {field_label(q)}, K = {k}, W = {w}")
             rows.append(decode_case(profile, q, k, w, kernels))
     return rows, skipped
 
@@ -449,6 +457,7 @@ def scaling(
     kernels: dict,
     done: list[dict],
     time_left: Callable[[], float] = _forever,
+    say: Callable[[str], None] = _silent,
 ) -> tuple[dict, list[str]]:
     """Progressive decoding throughput against trials, ``K`` and ``W``.
 
@@ -466,6 +475,7 @@ def scaling(
         if found is None and time_left() <= 0:
             skipped.append(f"scaling {field_label(q)} {k} x {w}, {trials} trials")
         elif found is None:
+            say(f"  {field_label(q)}, K = {k}, W = {w}, {trials} trials")
             found = decode_case(
                 profile, q, k, w, kernels, baselines_too=False, trials=trials
             )

@@ -62,8 +62,10 @@ from uepjax import latency as latency_lib
 
 __all__ = [
     "AREA_INTERVALS",
+    "EXACT_STEPS",
     "MAX_GRID_POINTS",
     "METHODS",
+    "MONTE_CARLO_STEPS",
     "OBJECTIVES",
     "TABLE_MAX_DECODES",
     "CountLossTable",
@@ -97,6 +99,12 @@ METHODS = ("auto", "exact", "monte_carlo")
 
 AREA_INTERVALS = 128
 """Simpson intervals on ``[0, horizon]`` for the area objective."""
+
+EXACT_STEPS = 500
+"""Default number of updates with the exact objective."""
+
+MONTE_CARLO_STEPS = 300
+"""Default number of updates with the Monte Carlo estimator."""
 
 TABLE_MAX_DECODES = 4_000_000
 """``method="auto"`` builds a finite-field table up to this many decoded trials."""
@@ -711,7 +719,7 @@ def _prefix_counts(windows: jax.Array, num_classes: int) -> jax.Array:
     """``[T, W + 1, L]`` int32 window counts of the first ``n = 0..W`` packets."""
     workers = windows.shape[-1]
     one_hot = jax.nn.one_hot(windows, num_classes, dtype=jnp.float32)
-    # A strictly lower-triangular matmul: cheaper on CPU than a cumulative sum, and
+    # A strictly lower-triangular matmul: on CPU cheaper than a cumulative sum, and
     # exact, since the counts are small integers.
     before = np.arange(workers)[None, :] < np.arange(workers + 1)[:, None]
     counts = jnp.einsum(
@@ -1333,7 +1341,7 @@ def optimize_gamma(
     field: Any = None,
     method: str = "auto",
     optimizer: optax.GradientTransformation | None = None,
-    steps: int = 500,
+    steps: int | None = None,
     learning_rate: float = 0.05,
     initial_gamma: Any = None,
     starts: Any = None,
@@ -1375,7 +1383,9 @@ def optimize_gamma(
         optimizer: any optax optimizer for the logits (extra-args optimizers such
             as ``optax.lbfgs()`` receive ``value``, ``grad`` and ``value_fn``);
             default Adam with a cosine decay from ``learning_rate`` over ``steps``.
-        steps: number of updates.
+        steps: number of updates; default 500 for the exact objective and 300 for
+            Monte Carlo (each of its steps costs more, and its noise limits what
+            more steps gain).
         learning_rate: the default optimizer's initial learning rate.
         initial_gamma: a distribution to start from (first of the starts).
         starts: ``[S, L]`` starting distributions instead of `default_starts`.
@@ -1413,11 +1423,13 @@ def optimize_gamma(
     )
     goal = make_objective(objective, deadline, weights)
     field = _check_field(field)
-    steps = _check_integer(steps, "steps", 1)
     trials = _check_integer(trials, "trials", 2)
     evaluation_trials = _check_integer(evaluation_trials, "evaluation_trials", 2)
     table_trials = _check_integer(table_trials, "table_trials", 2)
     method = _resolve_method(method, problem, field, trials, table_trials, table)
+    if steps is None:
+        steps = EXACT_STEPS if method == "exact" else MONTE_CARLO_STEPS
+    steps = _check_integer(steps, "steps", 1)
     key = jax.random.key(0) if key is None else key
     key_table, key_steps, key_select, key_report = jax.random.split(key, 4)
 

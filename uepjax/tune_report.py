@@ -591,7 +591,7 @@ def _figures(
             ax.set_ylabel("expected normalised loss")
             ax.set_title(f"{kind}, {scheme.upper()}-UEP, {label}", fontsize=10)
             ax.grid(True, which="both", lw=0.3, alpha=0.5)
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7, loc="upper right")
         fig.suptitle(
             "Loss curves before (dashed) and after tuning gamma; markers: Monte Carlo "
             "with real decoding (2 s.e.)",
