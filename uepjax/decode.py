@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -100,75 +101,56 @@ def _progressive(
     return lax.while_loop(more, arrive, state)[3]
 
 
-def _shrinking_widths(unknowns: int) -> list[int]:
-    """Static basis widths of the phases of a null-space pass: ``K, K/2, ..., 1``."""
-    widths = []
-    while unknowns > 0:
-        widths.append(unknowns)
-        unknowns //= 2
-    return widths
-
-
-def _compact(basis: jax.Array, j: jax.Array, live: jax.Array, axis: int) -> jax.Array:
-    """Moves the last live column into the emptied column ``j``.
-
-    Keeps the live null-space columns in front, so that a phase can drop the
-    trailing columns once every trial has few enough live ones.
-    """
-    shape = [1] * basis.ndim
-    shape[0], shape[axis] = basis.shape[0], 1
-    last = jnp.maximum(live - 1, 0)
-    moved = jnp.take_along_axis(basis, last.reshape(shape), axis=axis)
-    ids = jnp.arange(basis.shape[axis]).reshape(
-        [-1 if a == axis else 1 for a in range(basis.ndim)]
-    )
-    basis = jnp.where(ids == j.reshape(shape), moved, basis)
-    return jnp.where(ids == last.reshape(shape), jnp.zeros_like(basis), basis)
+def _chunk_size(batch: int) -> int:
+    """Trials per chunk: about 16 chunks for large batches, one for small ones."""
+    return max(min(batch, 128), -(-batch // 16))
 
 
 def _null_space_pass(
-    rows: jax.Array, basis: jax.Array, insert: _Insert, axis: int, unknowns: int
+    rows: jax.Array, basis: jax.Array, insert: _Insert, unknowns: int
 ) -> jax.Array:
     """One pass over ``rows [arrivals, batch, ...]``; returns ``[batch, K]`` indices.
 
-    ``basis`` holds null-space columns along ``axis``; ``insert(basis, row)`` returns
-    the updated basis, whether the row was independent, the first column it
-    removed, and the recovered unknowns. The pass runs in phases of shrinking
-    width: once no trial has more live columns than the next width, the trailing
-    (all-zero) columns are dropped, and it stops once no trial has any.
+    ``basis`` is ``[batch, ...]`` and ``insert(basis, row)`` returns the updated
+    basis, whether the row was independent and the recovered unknowns. Trials whose
+    null space is empty can gain nothing from further rows: every arrival the
+    trials are ordered by their null-space dimension and only the chunks that hold
+    an unfinished trial are processed, and the pass ends once all are finished.
     """
     arrivals, batch = rows.shape[:2]
     never = arrivals + 1
-    state = (
-        jnp.int32(0),
-        jnp.full((batch,), unknowns, jnp.int32),
-        jnp.full((batch, unknowns), never, jnp.int32),
-    )
-    widths = _shrinking_widths(unknowns)
-    for phase, width in enumerate(widths):
-        following = widths[phase + 1] if phase + 1 < len(widths) else 0
-        basis = lax.slice_in_dim(basis, 0, width, axis=axis)
+    size = _chunk_size(batch)
+    padded = -(-batch // size) * size
+    pad = [(0, 0), (0, padded - batch)] + [(0, 0)] * (rows.ndim - 2)
+    rows = jnp.pad(rows, pad)
+    basis = jnp.pad(basis, [(0, padded - batch)] + [(0, 0)] * (basis.ndim - 1))
+    live = jnp.where(jnp.arange(padded) < batch, unknowns, 0).astype(jnp.int32)
+    index = jnp.full((padded, unknowns), never, jnp.int32)
 
-        def more(state, following=following):
-            n, _, live, _ = state
-            return (n < arrivals) & (jnp.max(live) > following)
+    def more(state):
+        n, _, live, _ = state
+        return (n < arrivals) & jnp.any(live > 0)
 
-        def arrive(state):
-            n, basis, live, index = state
-            row = lax.dynamic_index_in_dim(rows, n, axis=0, keepdims=False)
-            updated, independent, j, recovered = insert(basis, row)
-            compacted = _compact(updated, j, live, axis)
-            keep = independent.reshape((-1,) + (1,) * (basis.ndim - 1))
-            basis = jnp.where(keep, compacted, updated)
-            live = live - independent.astype(jnp.int32)
-            index = jnp.where(recovered & (index == never), n + 1, index)
-            return n + 1, basis, live, index
+    def arrive(state):
+        n, basis, live, index = state
+        row = lax.dynamic_index_in_dim(rows, n, axis=0, keepdims=False)
+        order = jnp.argsort(-live, stable=True)
+        busy = -(-jnp.sum(live > 0) // size)
 
-        n, basis, live, index = lax.while_loop(
-            more, arrive, (state[0], basis) + state[1:]
-        )
-        state = (n, live, index)
-    return state[2]
+        def chunk(c, carry):
+            basis, live, index = carry
+            ids = lax.dynamic_slice_in_dim(order, c * size, size)
+            updated, independent, recovered = insert(basis[ids], row[ids])
+            first = recovered & (index[ids] == never)
+            index = index.at[ids].set(jnp.where(first, n + 1, index[ids]))
+            live = live.at[ids].add(-independent.astype(jnp.int32))
+            return basis.at[ids].set(updated), live, index
+
+        basis, live, index = lax.fori_loop(0, busy, chunk, (basis, live, index))
+        return n + 1, basis, live, index
+
+    state = (jnp.int32(0), basis, live, index)
+    return lax.while_loop(more, arrive, state)[3][:batch]
 
 
 def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
@@ -180,17 +162,17 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     basis = jnp.broadcast_to(_pack_bits(identity), (batch, unknowns, words))
 
     def insert(basis, row):
-        # basis [batch, width, words]: column i of N as words; row [batch, words].
+        # basis [batch, K, words]: column i of N as words; row [batch, words].
         overlap = lax.population_count(basis & row[:, None, :])
-        s = (jnp.sum(overlap, axis=-1) & np.uint32(1)) == 1  # [batch, width]
+        s = (jnp.sum(overlap, axis=-1) & np.uint32(1)) == 1  # [batch, K]
         independent = jnp.any(s, axis=-1)
         j = jnp.argmax(s, axis=-1)
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=1)
         basis = basis ^ jnp.where(s[..., None], column_j, np.uint32(0))
         occupied = jnp.bitwise_or.reduce(basis, axis=1)  # [batch, words]
-        return basis, independent, j, ~_unpack_bits(occupied, unknowns)
+        return basis, independent, ~_unpack_bits(occupied, unknowns)
 
-    return _null_space_pass(packed_rows, basis, insert, 1, unknowns)
+    return _null_space_pass(packed_rows, basis, insert, unknowns)
 
 
 def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
@@ -204,7 +186,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):
-        # basis [batch, K (coordinate k), width (column i)], row [batch, K].
+        # basis [batch, K (coordinate k), K (column i)], row [batch, K].
         if montgomery:
             s = _montgomery_dot(row[:, :, None], basis, 1, p)
         else:
@@ -229,9 +211,9 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
                 basis = (basis + field.neg(ratio) * column_j) % np.uint32(p)
             else:
                 basis = basis ^ _raw_mul(field, ratio, column_j)
-        return basis, independent, j, ~jnp.any(basis != 0, axis=2)
+        return basis, independent, ~jnp.any(basis != 0, axis=2)
 
-    return _null_space_pass(rows, basis, insert, 2, unknowns)
+    return _null_space_pass(rows, basis, insert, unknowns)
 
 
 def _recovery_real(rows: jax.Array) -> jax.Array:
@@ -279,7 +261,8 @@ def _recovery_real(rows: jax.Array) -> jax.Array:
 def _recovery_index_jit(coefficients: jax.Array, field: Field) -> jax.Array:
     batch_shape = coefficients.shape[:-2]
     arrivals, unknowns = coefficients.shape[-2:]
-    rows = jnp.swapaxes(coefficients.reshape((-1, arrivals, unknowns)), 0, 1)
+    flat = coefficients.reshape((math.prod(batch_shape), arrivals, unknowns))
+    rows = jnp.swapaxes(flat, 0, 1)
     if field.kind is FieldKind.BINARY:
         index = _recovery_binary(rows, unknowns)
     elif field.kind is FieldKind.REAL:

@@ -865,8 +865,14 @@ def _echelon_general(m: jax.Array, field: Field) -> Echelon:
 def _echelon_flat(matrices: jax.Array, field: Field) -> Echelon:
     batch_shape = matrices.shape[:-2]
     rows, cols = matrices.shape[-2:]
-    m = matrices.reshape((-1, rows, cols))
-    if field.kind is FieldKind.BINARY:
+    m = matrices.reshape((math.prod(batch_shape), rows, cols))
+    if rows == 0 or cols == 0:
+        # No equations or no unknowns: nothing to eliminate, rank 0.
+        batch = m.shape[0]
+        result = Echelon(
+            m, jnp.zeros((batch, cols), bool), jnp.zeros((batch,), jnp.int32)
+        )
+    elif field.kind is FieldKind.BINARY:
         result = _echelon_binary(m)
     else:
         result = _echelon_general(m, field)
