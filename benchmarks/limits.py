@@ -63,8 +63,8 @@ def multiply_subtract(field: fields.Field, x, y, z):
     return field.sub(y, _raw_mul(field, x, z))
 
 
-@functools.partial(jax.jit, static_argnames=("field", "loops", "unroll"))
-def _chain(xs, y, z, field: fields.Field, loops: int, unroll: int):
+@functools.partial(jax.jit, static_argnames=("field", "unroll"))
+def _chain(xs, y, z, loops: jax.Array, field: fields.Field, unroll: int):
     def body(_, xs):
         # Each step needs the previous one, so nothing can be hoisted or skipped.
         for _ in range(unroll):
@@ -123,23 +123,36 @@ def _kernel(field, elements, chains, unroll, loops) -> Kernel:
     xs = tuple(x[i * width : (i + 1) * width] for i in range(chains))
     y, z = y[:width], z[:width]
 
+    count = jnp.int32(loops)
+
     def call():
-        return _chain(xs, y, z, field, loops, unroll)
+        return _chain(xs, y, z, count, field, unroll)
 
     return Kernel(field, chains, unroll, loops, width * chains, call)
 
 
 def calibrate(
-    field: fields.Field, elements: int, seconds: float, repeats: int
+    field: fields.Field,
+    elements: int,
+    seconds: float,
+    repeats: int,
+    variants: tuple[tuple[int, int], ...] = VARIANTS,
 ) -> tuple[Kernel, float, dict[str, tuple[Timing, float]]]:
     """Finds the fastest kernel shape and sizes it to about ``seconds`` a call.
+
+    Args:
+        field: the field.
+        elements: words in all chains together.
+        seconds: about how long one call of the returned kernel lasts.
+        repeats: timed repeats of every shape.
+        variants: the ``(chains, unroll)`` shapes to try.
 
     Returns:
         ``(kernel, elements per second, (timing, rate) of every shape by
         "chains x unroll")``; rates count elements as in :func:`elements_per_word`.
     """
     best, best_rate, timings = None, 0.0, {}
-    for chains, unroll in VARIANTS:
+    for chains, unroll in variants:
         probe = _kernel(field, elements, chains, unroll, 1)
         first = measure(probe.call, 1)
         loops = max(1, round(seconds / max(first.wall_min, 1e-6)))

@@ -79,6 +79,9 @@ class Profile:
         prefix_max_workers: the galois all-prefixes loop runs for ``W`` up to this.
         limit_elements: words per operand of the elementwise limit.
         limit_seconds: about how long one timed call of the limit lasts.
+        limit_variants: the ``(chains, unroll)`` kernel shapes tried for the limit.
+        compiled_memory: report the memory of compiled programs (compiles each
+            measured program a second time).
         scaling_trials: trials of the scaling-with-trials rows (``K=9, W=30``).
         scaling_fields: the fields of the scaling-with-trials rows.
         scaling_subproducts: ``K`` of the scaling-with-``K`` rows.
@@ -110,6 +113,8 @@ class Profile:
     prefix_max_workers: int = 30
     limit_elements: int = 2**20
     limit_seconds: float = 0.3
+    limit_variants: tuple = limits.VARIANTS
+    compiled_memory: bool = True
     scaling_trials: tuple = (1024, 4096, 16384, 65536)
     scaling_fields: tuple = (256, LARGE_PRIME)
     scaling_subproducts: tuple = (9, 16, 32, 64)
@@ -197,8 +202,10 @@ def _loop_agreement(loop: LoopTiming, expected: np.ndarray) -> float:
     )
 
 
-def compiled_bytes(jitted, *args, **static) -> int | None:
+def compiled_bytes(profile: Profile, jitted, *args, **static) -> int | None:
     """Argument, output and temporary bytes of a compiled program, if known."""
+    if not profile.compiled_memory:
+        return None
     try:
         stats = jitted.lower(*args, **static).compile().memory_analysis()
     except Exception:  # noqa: BLE001 - not every backend reports memory
@@ -229,7 +236,11 @@ def elementwise_limits(profile: Profile) -> tuple[dict, dict]:
     for q in profile.fields:
         field = fields.get_field(q)
         kernel, rate, variants = limits.calibrate(
-            field, profile.limit_elements, profile.limit_seconds, profile.repeats
+            field,
+            profile.limit_elements,
+            profile.limit_seconds,
+            profile.repeats,
+            profile.limit_variants,
         )
         label = field_label(q)
         kernels[label] = kernel
@@ -283,7 +294,9 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
             trials=profile.rank_trials,
             uepjax=_timing(timing, profile.rank_trials),
             uepjax_seconds_per_item=timing.wall / profile.rank_trials,
-            memory_bytes=compiled_bytes(fields._row_echelon_jit, matrices, field=field),
+            memory_bytes=compiled_bytes(
+                profile, fields._row_echelon_jit, matrices, field=field
+            ),
         )
         items = min(profile.loop_items, profile.rank_trials)
         loop = per_item(
@@ -368,7 +381,9 @@ def decode_case(
         iterations=iterations,
         recovered_fraction=float(recovered.mean()),
         progressive=_timing(timings["progressive"], trials),
-        memory_bytes=compiled_bytes(decode._recovery_index_jit, rows, field=field),
+        memory_bytes=compiled_bytes(
+            profile, decode._recovery_index_jit, rows, field=field
+        ),
     )
     operations = 2 * subproducts**2 * iterations * trials
     record["useful_per_second"] = operations / timings["progressive"].wall

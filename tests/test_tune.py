@@ -202,7 +202,7 @@ def test_table_over_a_large_prime_is_the_large_field_rule():
     )
 
 
-def test_gf2_table_agrees_with_simulate_and_with_the_monte_carlo_estimator(gf2_table):
+def test_gf2_table_agrees_with_simulate(gf2_table):
     # GF(2) recovers single sub-products from sparse packets and fails on dependent
     # ones, so it differs from the large-field model; the table (windows fixed by the
     # counts) must agree with uepjax.simulate (windows drawn from gamma). The rows of
@@ -233,12 +233,10 @@ def test_gf2_table_agrees_with_simulate_and_with_the_monte_carlo_estimator(gf2_t
     assert np.all(np.abs(conditional - sim.mean) <= 4.5 * error + 1e-7)
     large = np.asarray(tune.loss_given_arrivals(problem, gamma))
     assert np.max(np.abs(conditional - large)) > 10 * np.max(error)
-
-    exact = float(tune.expected_loss(problem, gamma, table))
+    # The bound on the objective's standard error covers the per-total errors.
     bound = float(tune.table_error_bound(problem, gamma, table))
-    estimate = tune.estimate_loss(jax.random.key(3), problem, gamma, 8192, field=2)
-    combined = math.hypot(float(estimate.standard_error), bound)
-    assert abs(float(estimate.value) - exact) <= 4.5 * combined
+    weights = np.asarray(problem.arrival_weights, np.float64)
+    assert bound >= np.sqrt(np.sum((weights * table_error) ** 2)) * (1 - 1e-5)
 
 
 # ---------------------------------------------------------------------------------
@@ -251,7 +249,6 @@ def test_gf2_table_agrees_with_simulate_and_with_the_monte_carlo_estimator(gf2_t
     [
         ("now", "rxc", 1.0),  # a local minimum inside; the optimum abandons class 3
         ("ew", "rxc", 1.0),  # an interior optimum
-        ("ew", "cxr", 0.5),
         ("now", "cxr", 0.25),  # the optimum is the vertex (1, 0, 0)
     ],
 )
@@ -309,7 +306,7 @@ def test_any_optax_optimizer(optimizer):
         workers=8,
         deadline=1.5,
         optimizer=optimizer,
-        steps=10,
+        steps=6,
         initial_gamma=[0.3, 0.7],
         starts=np.full((1, 2), 1 / 2),
     )
@@ -337,9 +334,9 @@ def test_monte_carlo_tuning_finds_the_exact_optimum_of_a_small_case():
         (2, 2, 2),
         energies,
         method="monte_carlo",
-        steps=200,
+        steps=120,
         starts=tune.default_starts(3)[[0, 1, 4]],
-        evaluation_trials=4096,
+        evaluation_trials=2048,
         **args,
     )
     assert result.method == "monte_carlo"
@@ -474,7 +471,7 @@ def test_tune_job_writes_its_files_and_confirms_the_model(tmp_path):
     path.write_text(
         'experiment = "tune-paper"\nschemes = ["ew"]\npartitions = ["cxr"]\n'
         "deadlines = [0.8]\n[workers]\ncount = 12\n[tuning]\nsteps = 60\n"
-        "grid_step = 0.05\n[confirm]\ntrials = 4096\nchunk_size = 4096\n"
+        "grid_step = 0.05\n[confirm]\ntrials = 2048\nchunk_size = 2048\n"
         "[curves]\ncount = 5\n"
     )
     parser = argparse.ArgumentParser()

@@ -53,6 +53,8 @@ from uepjax.fields import (
     FieldKind,
     _as_field_array,
     _field_sum,
+    _inverse_operand,
+    _montgomery,
     _montgomery_combination,
     _montgomery_dot,
     _pack_bits,
@@ -66,7 +68,7 @@ __all__ = ["recovered_after_arrivals", "recovery_index"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
-# (basis, row) -> (basis, row was independent [batch], ..., recovered [batch, K])
+# (basis, row) -> (basis, row was independent [batch], recovered [batch, K])
 _Insert = Callable[[Any, jax.Array], tuple[Any, ...]]
 
 
@@ -101,58 +103,6 @@ def _progressive(
     return lax.while_loop(more, arrive, state)[3]
 
 
-def _chunk_size(batch: int) -> int:
-    """Trials per chunk: about 16 chunks for large batches, one for small ones."""
-    return max(min(batch, 128), -(-batch // 16))
-
-
-def _null_space_pass(
-    rows: jax.Array, basis: jax.Array, insert: _Insert, unknowns: int
-) -> jax.Array:
-    """One pass over ``rows [arrivals, batch, ...]``; returns ``[batch, K]`` indices.
-
-    ``basis`` is ``[batch, ...]`` and ``insert(basis, row)`` returns the updated
-    basis, whether the row was independent and the recovered unknowns. Trials whose
-    null space is empty can gain nothing from further rows: every arrival the
-    trials are ordered by their null-space dimension and only the chunks that hold
-    an unfinished trial are processed, and the pass ends once all are finished.
-    """
-    arrivals, batch = rows.shape[:2]
-    never = arrivals + 1
-    size = _chunk_size(batch)
-    padded = -(-batch // size) * size
-    pad = [(0, 0), (0, padded - batch)] + [(0, 0)] * (rows.ndim - 2)
-    rows = jnp.pad(rows, pad)
-    basis = jnp.pad(basis, [(0, padded - batch)] + [(0, 0)] * (basis.ndim - 1))
-    live = jnp.where(jnp.arange(padded) < batch, unknowns, 0).astype(jnp.int32)
-    index = jnp.full((padded, unknowns), never, jnp.int32)
-
-    def more(state):
-        n, _, live, _ = state
-        return (n < arrivals) & jnp.any(live > 0)
-
-    def arrive(state):
-        n, basis, live, index = state
-        row = lax.dynamic_index_in_dim(rows, n, axis=0, keepdims=False)
-        order = jnp.argsort(-live, stable=True)
-        busy = -(-jnp.sum(live > 0) // size)
-
-        def chunk(c, carry):
-            basis, live, index = carry
-            ids = lax.dynamic_slice_in_dim(order, c * size, size)
-            updated, independent, recovered = insert(basis[ids], row[ids])
-            first = recovered & (index[ids] == never)
-            index = index.at[ids].set(jnp.where(first, n + 1, index[ids]))
-            live = live.at[ids].add(-independent.astype(jnp.int32))
-            return basis.at[ids].set(updated), live, index
-
-        basis, live, index = lax.fori_loop(0, busy, chunk, (basis, live, index))
-        return n + 1, basis, live, index
-
-    state = (jnp.int32(0), basis, live, index)
-    return lax.while_loop(more, arrive, state)[3][:batch]
-
-
 def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     """GF(2): null-space columns packed into words over the ``K`` coordinates."""
     arrivals, batch = rows.shape[:2]
@@ -172,7 +122,7 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
         occupied = jnp.bitwise_or.reduce(basis, axis=1)  # [batch, words]
         return basis, independent, ~_unpack_bits(occupied, unknowns)
 
-    return _null_space_pass(packed_rows, basis, insert, unknowns)
+    return _progressive(packed_rows, basis, insert, unknowns)
 
 
 def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
@@ -183,6 +133,8 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     )
     p = field.order
     montgomery = field.kind is FieldKind.PRIME and p >= 2**16
+    import os
+    normalised = unknowns > int(os.environ.get("FFMAX", "12"))
     one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):
@@ -196,13 +148,17 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
         j = jnp.argmax(nonzero, axis=-1)
         s_j = jnp.take_along_axis(s, j[:, None], axis=1)
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=2)
-        if montgomery:
+        if montgomery and not normalised:
             # s_j N_i - s_i N_j with one Montgomery reduction; for a dependent row
             # (s = 0) the factor s_j = R mod p leaves N unchanged.
             s_j = jnp.where(independent[:, None], s_j, one)
             basis = _montgomery_combination(
                 s_j[:, :, None], basis, field.neg(s)[:, None, :], column_j, p
             )
+        elif montgomery:
+            # N_i - (s_i / s_j) N_j: one product per entry and one inverse per row.
+            ratio = _montgomery(s, _inverse_operand(field, s_j), p)[:, None, :]
+            basis = field.sub(basis, _montgomery(ratio, column_j, p))
         else:
             # N_i - (s_i / s_j) N_j: one product per entry; inverses are lookups.
             ratio = field.mul(s, field.inv(s_j))[:, None, :]
@@ -213,7 +169,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
                 basis = basis ^ _raw_mul(field, ratio, column_j)
         return basis, independent, ~jnp.any(basis != 0, axis=2)
 
-    return _null_space_pass(rows, basis, insert, unknowns)
+    return _progressive(rows, basis, insert, unknowns)
 
 
 def _recovery_real(rows: jax.Array) -> jax.Array:
