@@ -14,13 +14,16 @@ The operation is the engine's own arithmetic (``uepjax.fields``):
   update of the elimination, which works in a scaled Montgomery domain).
 * ``GF(p)``, ``p < 2^16``: a ``uint32`` product, ``%`` and a modular subtraction.
 * ``GF(2^8)``: one lookup in the ``256 x 256`` product table and an XOR.
-* ``GF(2)``: ``y ^ (x & z)`` on packed ``uint32`` words, counted as 32 elements a
-  word (the decoder packs 32 unknowns into a word).
+* ``GF(2)``: ``y ^ ((x >> 1) & z)`` on packed ``uint32`` words, counted as 32
+  elements a word (the decoder packs 32 unknowns into a word). The shift keeps the
+  compiler from folding the chain: AND and XOR with fixed operands repeat after two
+  steps, and LLVM notices.
 * reals: a ``float32`` multiply-subtract.
 
-A chain of dependent operations can be bound by latency rather than throughput, so
-several shapes of kernel are tried (independent chains side by side, short and long
-chains) and the fastest is the limit.
+A chain of dependent operations can be bound by latency rather than throughput, and
+a long fused chain of table lookups compiles badly on some backends, so several
+shapes of kernel are tried (one operation per pass over the arrays, independent
+chains side by side, short and long chains) and the fastest is the limit.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ __all__ = [
     "multiply_subtract",
 ]
 
-VARIANTS = ((1, 4), (1, 16), (4, 4), (4, 16))
+VARIANTS = ((1, 1), (1, 4), (1, 16), (4, 4), (4, 16))
 """``(independent chains, operations per chain per loop)`` shapes that are tried."""
 
 
@@ -55,9 +58,9 @@ def elements_per_word(field: fields.Field) -> int:
 
 
 def multiply_subtract(field: fields.Field, x, y, z):
-    """``y - x z`` elementwise in ``field`` (words of bits for ``GF(2)``)."""
+    """``y - x z`` elementwise in ``field`` (for ``GF(2)`` words, see above)."""
     if field.kind is fields.FieldKind.BINARY:
-        return y ^ (x & z)
+        return y ^ ((x >> 1) & z)
     if field.kind is fields.FieldKind.REAL:
         return y - x * z
     return field.sub(y, _raw_mul(field, x, z))

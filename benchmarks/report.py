@@ -350,7 +350,7 @@ def _end_to_end(results: dict) -> list[str]:
     rows = []
     for point in results.get("point", []):
         if "error" in point:
-            rows.append([point["field"], "failed", point["error"], "", "", "", ""])
+            rows.append([point["field"], "failed", point["error"], *[""] * 5])
             continue
         for run in point["runs"]:
             rows.append(
@@ -360,12 +360,24 @@ def _end_to_end(results: dict) -> list[str]:
                     _seconds(run["seconds"]),
                     _seconds(run["cpu_seconds"]),
                     _si(run["trials"] / run["seconds"], "trials/s"),
+                    "n/a"
+                    if run.get("rss_before_mib") is None
+                    else f"{run['rss_before_mib']:.0f} MiB",
                     f"{run['peak_rss_mib']:.0f} MiB",
                     _mib(run.get("device_peak_bytes")),
                 ]
             )
     lines += _table(
-        ["field", "trials", "wall", "CPU", "throughput", "peak RSS", "device peak"],
+        [
+            "field",
+            "trials",
+            "wall",
+            "CPU",
+            "throughput",
+            "RSS before",
+            "peak RSS during the run",
+            "device peak",
+        ],
         rows,
     )
     compiles = [
@@ -383,30 +395,55 @@ def _end_to_end(results: dict) -> list[str]:
         ]
     breakdown = results.get("breakdown", [])
     if breakdown:
-        lines += ["", "### Where a trial's time goes (K = 9, W = 30)", ""]
+        lines += [
+            "",
+            "### Where a trial's time goes (K = 9, W = 30)",
+            "",
+            "CPU time per trial (all threads), the steadier measure on a shared "
+            "machine; wall time in brackets. Decoding: `decode.recovery_index` on "
+            "drawn rows; drawing: `simulate.sample_recovery` (keys, windows, "
+            "coefficients, decoding) minus decoding; the rest of a trial of the "
+            "paper's point (losses at 81 deadlines for two Gram matrices, block "
+            "statistics, chunks): its 10^6-trial run minus both.",
+            "",
+        ]
         rows = []
         for b in breakdown:
-            whole = None
+            whole = whole_wall = None
             for point in results.get("point", []):
                 if point["field"] == b["field"] and point.get("runs"):
                     run = point["runs"][-1]
-                    whole = run["seconds"] / run["trials"]
-            draw = b["draw_and_decode_seconds_per_trial"]
-            decode = b["decode_seconds_per_trial"]
+                    whole = run["cpu_seconds"] / run["trials"]
+                    whole_wall = run["seconds"] / run["trials"]
+            both = b.get("draw_and_decode_cpu_per_trial")
+            decode = b.get("decode_cpu_per_trial")
+
+            def cell(cpu, wall):
+                if cpu is None:
+                    return "n/a"
+                return f"{_seconds(cpu)} ({_seconds(wall)})"
+
             rows.append(
                 [
                     b["field"],
-                    _seconds(decode),
-                    _seconds(draw - decode if decode is not None else None),
-                    _seconds(whole - draw if whole is not None else None),
-                    _seconds(whole),
+                    cell(decode, b.get("decode_seconds_per_trial")),
+                    cell(
+                        both - decode if None not in (both, decode) else None,
+                        b["draw_and_decode_seconds_per_trial"]
+                        - (b.get("decode_seconds_per_trial") or 0.0),
+                    ),
+                    cell(
+                        whole - both if None not in (whole, both) else None,
+                        (whole_wall or 0.0) - b["draw_and_decode_seconds_per_trial"],
+                    ),
+                    cell(whole, whole_wall),
                 ]
             )
         lines += _table(
             [
                 "field",
                 "decoding",
-                "drawing rows (threefry)",
+                "drawing keys and rows",
                 "losses, deadlines, chunks",
                 "whole trial",
             ],

@@ -42,9 +42,10 @@ if str(REPOSITORY) not in sys.path:
 
 import report  # noqa: E402
 import suite  # noqa: E402
+from targets import targets  # noqa: E402
 from timing import load_average  # noqa: E402
 
-__all__ = ["PROFILES", "main", "run", "targets"]
+__all__ = ["PROFILES", "main", "run"]
 
 MAIN_JOB = "sweeps/paper-synthetic.toml"
 
@@ -94,10 +95,6 @@ PROFILES = {
     ),
 }
 """The sizes of a CPU run, of a smoke run and of a run on one accelerator."""
-
-MEMORY_FLAT_TOLERANCE = 0.10
-"""Peak memory counts as flat if it grows by at most this fraction over the trials."""
-
 
 # ---------------------------------------------------------------------------------
 # The end-to-end point, in a fresh process per field.
@@ -150,6 +147,9 @@ def _point_child(spec: dict) -> dict:
         runs=[],
     )
     for trials in spec["trials"]:
+        # The peak of each run on its own, where Linux can restart the mark.
+        reset = suite.reset_peak_rss()
+        before = suite.rss_mib()
         wall, cpu = time.perf_counter(), time.process_time()
         result = simulate.curves(key_trials, code, field, workers, trials, **arguments)
         record["runs"].append(
@@ -157,7 +157,9 @@ def _point_child(spec: dict) -> dict:
                 trials=result.by_deadline.trials,
                 seconds=time.perf_counter() - wall,
                 cpu_seconds=time.process_time() - cpu,
+                rss_before_mib=before,
                 peak_rss_mib=suite.peak_rss_mib(),
+                peak_is_per_run=reset,
                 device_peak_bytes=_device_peak_bytes(),
                 loss_at_t1_rxc=float(result.by_deadline.mean[0, 40]),
             )
@@ -280,138 +282,6 @@ def main_job(profile: suite.Profile) -> dict:
         if run_record.is_file():
             record["job_seconds"] = json.loads(run_record.read_text()).get("seconds")
     return record
-
-
-# ---------------------------------------------------------------------------------
-# Targets.
-
-
-def _find(rows: list[dict], **match) -> dict | None:
-    for row in rows:
-        if all(row.get(k) == v for k, v in match.items()):
-            return row
-    return None
-
-
-def _target(name, required, measured, holds, note="") -> dict:
-    return dict(name=name, required=required, measured=measured, holds=holds, note=note)
-
-
-def targets(results: dict) -> list[dict]:
-    """The issue's targets, each as a ratio measured in this run."""
-    found = []
-    rank = _find(results["rank"], field="GF(2^8)")
-    if rank and "speedup_galois" in rank:
-        cpu_ratio = rank["galois_loop"]["cpu_per_item"] / (
-            rank["uepjax"]["cpu"] / rank["trials"]
-        )
-        found.append(
-            _target(
-                "batched rank, GF(2^8), 15 x 9, vs a per-matrix galois loop",
-                ">= 2000x",
-                f"{rank['speedup_galois']:,.0f}x (CPU time: {cpu_ratio:,.0f}x)",
-                rank["speedup_galois"] >= 2000,
-                "per matrix: galois "
-                f"{report._seconds(rank['galois_loop']['seconds_per_item'])}, uepjax "
-                f"{report._seconds(rank['uepjax_seconds_per_item'])}",
-            )
-        )
-    for row in results["rank"]:
-        if "speedup_galois" in row:
-            found.append(
-                _target(
-                    f"issue 2: batched rank, {row['field']}, 15 x 9, vs galois loop",
-                    ">= 100x (orders of magnitude)",
-                    f"{row['speedup_galois']:,.0f}x",
-                    row["speedup_galois"] >= 100,
-                )
-            )
-    for row in results["decode"]:
-        if (row["subproducts"], row["workers"]) == (9, 30):
-            found.append(
-                _target(
-                    f"progressive decoding of every prefix, {row['field']}, 30 x 9, vs "
-                    "plain vmapped elimination of the full matrix",
-                    ">= 3x faster",
-                    f"{row['speedup_plain']:.2f}x",
-                    row["speedup_plain"] >= 3,
-                    f"{row['iterations']} of 30 arrivals processed per batch",
-                )
-            )
-    for field in dict.fromkeys(r["field"] for r in results["decode"]):
-        rows = [r for r in results["decode"] if r["field"] == field]
-        worst = min(rows, key=lambda r: r["speedup_plain"])
-        found.append(
-            _target(
-                f"issue 2: every prefix costs no more than one plain elimination, "
-                f"{field}, all sizes",
-                ">= 1x at every size",
-                f"worst {worst['speedup_plain']:.2f}x at {worst['workers']} x "
-                f"{worst['subproducts']}",
-                worst["speedup_plain"] >= 1,
-            )
-        )
-    prime = "GF(2^31-1)"
-    row = _find(results["rank"], field=prime)
-    if row:
-        found.append(
-            _target(
-                f"prime-field elimination ({prime}, Gauss-Jordan rank 15 x 9), "
-                "fraction of the elementwise limit",
-                ">= 30%",
-                report._percent(row["fraction_of_limit"]),
-                row["fraction_of_limit"] >= 0.3,
-            )
-        )
-    row = _find(results["decode"], field=prime, subproducts=9, workers=30)
-    if row:
-        found.append(
-            _target(
-                f"prime-field elimination ({prime}, progressive 30 x 9), fraction of "
-                "the elementwise limit",
-                ">= 30%",
-                report._percent(row["fraction_of_limit"]),
-                row["fraction_of_limit"] >= 0.3,
-            )
-        )
-    for point in results.get("point", []):
-        runs = point.get("runs") or []
-        if not runs:
-            found.append(
-                _target(
-                    f"paper point, {point['field']}",
-                    "",
-                    "failed",
-                    None,
-                    point.get("error", ""),
-                )
-            )
-            continue
-        last = runs[-1]
-        found.append(
-            _target(
-                f"a {last['trials']:,}-trial point of the paper's setting, "
-                f"{point['field']}, all {point.get('deadlines', 81)} deadlines",
-                "< 5 s" if last["trials"] >= 10**6 else "< 5 s at 10^6 trials",
-                f"{last['seconds']:.3g} s (CPU {last['cpu_seconds']:.3g} s), "
-                f"compile {point['compile_seconds']:.3g} s apart",
-                last["seconds"] < 5 if last["trials"] >= 10**6 else None,
-            )
-        )
-        first = runs[0]
-        base = max(point["warm_peak_rss_mib"], first["peak_rss_mib"])
-        growth = (last["peak_rss_mib"] - base) / base
-        found.append(
-            _target(
-                f"peak memory flat in the number of trials, {point['field']}",
-                f"grows <= {MEMORY_FLAT_TOLERANCE:.0%} from {first['trials']:,} to "
-                f"{last['trials']:,} trials",
-                f"{base:.0f} -> {last['peak_rss_mib']:.0f} MiB ({growth:+.1%})",
-                growth <= MEMORY_FLAT_TOLERANCE,
-                "peak RSS of a fresh process; the first value includes compilation",
-            )
-        )
-    return found
 
 
 # ---------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_report_has_every_section_and_table(quick_run):
         "| field | K x W | progressive | plain JAX (full set) |",
         "| field | elimination | W x K | useful operations |",
         "| field | trials per call | throughput |",
-        "| field | trials | wall | CPU | throughput | peak RSS |",
+        "| field | trials | wall | CPU | throughput | RSS before |",
     ):
         assert header in text, header
     assert "| GF(2^8) | 9 x 30 |" in text

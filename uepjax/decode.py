@@ -53,8 +53,6 @@ from uepjax.fields import (
     FieldKind,
     _as_field_array,
     _field_sum,
-    _inverse_operand,
-    _montgomery,
     _montgomery_combination,
     _montgomery_dot,
     _pack_bits,
@@ -133,8 +131,6 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     )
     p = field.order
     montgomery = field.kind is FieldKind.PRIME and p >= 2**16
-    import os
-    normalised = unknowns > int(os.environ.get("FFMAX", "12"))
     one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):
@@ -148,17 +144,13 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
         j = jnp.argmax(nonzero, axis=-1)
         s_j = jnp.take_along_axis(s, j[:, None], axis=1)
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=2)
-        if montgomery and not normalised:
+        if montgomery:
             # s_j N_i - s_i N_j with one Montgomery reduction; for a dependent row
             # (s = 0) the factor s_j = R mod p leaves N unchanged.
             s_j = jnp.where(independent[:, None], s_j, one)
             basis = _montgomery_combination(
                 s_j[:, :, None], basis, field.neg(s)[:, None, :], column_j, p
             )
-        elif montgomery:
-            # N_i - (s_i / s_j) N_j: one product per entry and one inverse per row.
-            ratio = _montgomery(s, _inverse_operand(field, s_j), p)[:, None, :]
-            basis = field.sub(basis, _montgomery(ratio, column_j, p))
         else:
             # N_i - (s_i / s_j) N_j: one product per entry; inverses are lookups.
             ratio = field.mul(s, field.inv(s_j))[:, None, :]
