@@ -76,6 +76,13 @@ progressive decoder (:mod:`uepjax.decode`) counts a new row as independent when 
 largest entry after reduction exceeds ``REAL_TOLERANCE`` times its largest entry,
 and ``e_k`` as recovered when its pivot row is at most ``REAL_TOLERANCE`` outside
 the pivot columns. About 80 times the ``float32`` machine epsilon.
+
+Note:
+    :func:`row_echelon` (and so :func:`rank` and :func:`recoverable`) over the reals
+    can under-count the rank of some well-conditioned ``float32`` matrices: the
+    threshold pivoting loses pivots that float64 elimination finds. Use a finite
+    field for exact ranks; the progressive decoder of :mod:`uepjax.decode`, which the
+    Monte Carlo engine uses, keeps an orthonormal basis and is not affected.
 """
 
 REAL_PIVOT_THRESHOLD = 1e-3
