@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         profile = "quick"
-    return run.main(["--profile", profile, "--out", str(args.out)])
+    shown = sys.argv[1:] if argv is None else argv
+    return run.main(
+        ["--profile", profile, "--out", str(args.out)],
+        command=" ".join(["python", "benchmarks/gpu.py", *shown]),
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,12 @@ __all__ = [
     "multiply_subtract",
 ]
 
-VARIANTS = ((1, 1), (1, 4), (1, 16), (4, 4), (4, 16))
-"""``(independent chains, operations per chain per loop)`` shapes that are tried."""
+VARIANTS = ((1, 1, 1), (1, 4, 1), (1, 16, 1), (4, 4, 1), (4, 16, 1), (1, 4, 4))
+"""``(chains, steps, width)`` shapes that are tried: ``chains`` independent chains
+side by side, ``steps`` dependent steps per loop iteration, each step subtracting
+``width`` independent products (``y - x z_1 - ... - x z_width``, counted as
+``width`` operations). Wide steps are not tried for ``GF(2)``, where the compiler
+may factor ``(x & z_1) ^ (x & z_2)`` into one AND."""
 
 
 def elements_per_word(field: fields.Field) -> int:
@@ -66,12 +70,25 @@ def multiply_subtract(field: fields.Field, x, y, z):
     return field.sub(y, _raw_mul(field, x, z))
 
 
+def _step(field: fields.Field, x, y, zs):
+    """``y - x z_1 - x z_2 - ...``: independent products, then the subtractions."""
+    if len(zs) == 1:
+        return multiply_subtract(field, x, y, zs[0])
+    total = y
+    for z in zs:
+        if field.kind is fields.FieldKind.REAL:
+            total = total - x * z
+        else:
+            total = field.sub(total, _raw_mul(field, x, z))
+    return total
+
+
 @functools.partial(jax.jit, static_argnames=("field", "unroll"))
-def _chain(xs, y, z, loops: jax.Array, field: fields.Field, unroll: int):
+def _chain(xs, y, zs, loops: jax.Array, field: fields.Field, unroll: int):
     def body(_, xs):
         # Each step needs the previous one, so nothing can be hoisted or skipped.
         for _ in range(unroll):
-            xs = tuple(multiply_subtract(field, x, y, z) for x in xs)
+            xs = tuple(_step(field, x, y, zs) for x in xs)
         return xs
 
     return lax.fori_loop(0, loops, body, xs)
@@ -96,7 +113,8 @@ class Kernel(NamedTuple):
     Attributes:
         field: the field.
         chains: independent chains side by side (each over ``elements / chains``).
-        unroll: operations per chain in one loop iteration (fused).
+        unroll: dependent steps per chain in one loop iteration (fused).
+        width: independent products per step.
         loops: loop iterations per call.
         elements: words in all chains together.
         call: runs the kernel once (returns its arrays).
@@ -105,9 +123,16 @@ class Kernel(NamedTuple):
     field: fields.Field
     chains: int
     unroll: int
+    width: int
     loops: int
     elements: int
     call: Callable
+
+    @property
+    def name(self) -> str:
+        """``chains x steps``, with ``, width w`` for wide steps."""
+        wide = f", width {self.width}" if self.width > 1 else ""
+        return f"{self.chains}x{self.unroll}{wide}"
 
     @property
     def work(self) -> float:
@@ -115,23 +140,25 @@ class Kernel(NamedTuple):
         return (
             float(self.elements)
             * self.unroll
+            * self.width
             * self.loops
             * elements_per_word(self.field)
         )
 
 
-def _kernel(field, elements, chains, unroll, loops) -> Kernel:
+def _kernel(field, elements, chains, unroll, width, loops) -> Kernel:
     x, y, z = _operands(jax.random.key(0), field, elements)
-    width = elements // chains
-    xs = tuple(x[i * width : (i + 1) * width] for i in range(chains))
-    y, z = y[:width], z[:width]
-
+    size = elements // chains
+    xs = tuple(x[i * size : (i + 1) * size] for i in range(chains))
+    # Rotations of z: distinct operands of the same distribution.
+    zs = tuple(jnp.roll(z[:size], 7 * i) for i in range(width))
+    y = y[:size]
     count = jnp.int32(loops)
 
     def call():
-        return _chain(xs, y, z, count, field, unroll)
+        return _chain(xs, y, zs, count, field, unroll)
 
-    return Kernel(field, chains, unroll, loops, width * chains, call)
+    return Kernel(field, chains, unroll, width, loops, size * chains, call)
 
 
 def calibrate(
@@ -139,7 +166,7 @@ def calibrate(
     elements: int,
     seconds: float,
     repeats: int,
-    variants: tuple[tuple[int, int], ...] = VARIANTS,
+    variants: tuple[tuple[int, int, int], ...] = VARIANTS,
 ) -> tuple[Kernel, float, dict[str, tuple[Timing, float]]]:
     """Finds the fastest kernel shape and sizes it to about ``seconds`` a call.
 
@@ -148,21 +175,25 @@ def calibrate(
         elements: words in all chains together.
         seconds: about how long one call of the returned kernel lasts.
         repeats: timed repeats of every shape.
-        variants: the ``(chains, unroll)`` shapes to try.
+        variants: the ``(chains, steps, width)`` shapes to try (see
+            :data:`VARIANTS`).
 
     Returns:
         ``(kernel, elements per second, (timing, rate) of every shape by
-        "chains x unroll")``; rates count elements as in :func:`elements_per_word`.
+        :attr:`Kernel.name`)``; rates count elements as in
+        :func:`elements_per_word`.
     """
     best, best_rate, timings = None, 0.0, {}
-    for chains, unroll in variants:
-        probe = _kernel(field, elements, chains, unroll, 1)
+    for chains, unroll, width in variants:
+        if width > 1 and field.kind is fields.FieldKind.BINARY:
+            continue
+        probe = _kernel(field, elements, chains, unroll, width, 1)
         first = measure(probe.call, 1)
         loops = max(1, round(seconds / max(first.wall_min, 1e-6)))
-        kernel = _kernel(field, elements, chains, unroll, loops)
+        kernel = _kernel(field, elements, chains, unroll, width, loops)
         timing = measure(kernel.call, repeats)
         rate = kernel.work / timing.wall
-        timings[f"{chains}x{unroll}"] = (timing, rate)
+        timings[kernel.name] = (timing, rate)
         if rate > best_rate:
             best, best_rate = kernel, rate
     return best, best_rate, timings

@@ -62,6 +62,10 @@ def _mib(value) -> str:
     return "n/a" if value is None else f"{value / 2**20:.3g} MiB"
 
 
+def _load(value) -> str:
+    return "n/a" if not isinstance(value, int | float) else f"{value:.2f}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join(" --- " for _ in header) + "|")
@@ -107,12 +111,12 @@ def _limits(results: dict) -> list[str]:
         shapes = ", ".join(
             f"{name}: {_si(v['rate'])}" for name, v in record["variants"].items()
         )
+        shape = record.get("shape", f"{record['chains']}x{record['unroll']}")
         rows.append(
             [
                 label,
                 _si(record["rate"], "op/s"),
-                f"{record['chains']} x {record['unroll']}, {record['loops']} loops "
-                f"over {record['elements']:,} words",
+                f"{shape}, {record['loops']} loops over {record['elements']:,} words",
                 shapes,
             ]
         )
@@ -121,7 +125,7 @@ def _limits(results: dict) -> list[str]:
             "field",
             "multiply-subtracts per second",
             "fastest shape",
-            "every shape (chains x chain length)",
+            "every shape (chains x steps, width)",
         ],
         rows,
     )
@@ -137,7 +141,12 @@ def _rank(results: dict) -> list[str]:
                 _seconds(r["uepjax_seconds_per_item"]),
                 _seconds(_get(r, "galois_loop", "seconds_per_item")),
                 _seconds(r["numpy_loop"]["seconds_per_item"]),
-                _seconds(r["numpy_batched"]["wall"] / r["trials"]),
+                _seconds(
+                    r.get(
+                        "numpy_batched_seconds_per_item",
+                        r["numpy_batched"]["wall"] / r["trials"],
+                    )
+                ),
                 _ratio(r.get("speedup_galois")),
                 _ratio(r["speedup_numpy_loop"]),
                 _ratio(r["speedup_numpy_batched"]),
@@ -355,7 +364,12 @@ def _end_to_end(results: dict) -> list[str]:
         for run in point["runs"]:
             rows.append(
                 [
-                    point["field"],
+                    point["field"]
+                    + (
+                        ""
+                        if point.get("devices", 1) == 1
+                        else f" ({point['devices']} devices)"
+                    ),
                     f"{run['trials']:,}",
                     _seconds(run["seconds"]),
                     _seconds(run["cpu_seconds"]),
@@ -399,44 +413,36 @@ def _end_to_end(results: dict) -> list[str]:
             "",
             "### Where a trial's time goes (K = 9, W = 30)",
             "",
-            "CPU time per trial (all threads), the steadier measure on a shared "
-            "machine; wall time in brackets. Decoding: `decode.recovery_index` on "
-            "drawn rows; drawing: `simulate.sample_recovery` (keys, windows, "
-            "coefficients, decoding) minus decoding; the rest of a trial of the "
-            "paper's point (losses at 81 deadlines for two Gram matrices, block "
-            "statistics, chunks): its 10^6-trial run minus both.",
+            "CPU seconds per trial (all threads), the steadier measure of work on a "
+            "shared machine. Decoding: `decode.recovery_index` on drawn rows; "
+            "drawing: `simulate.sample_recovery` (keys, windows, coefficients, "
+            "decoding) minus decoding; the rest of a trial of the paper's point "
+            "(losses at 81 deadlines for two Gram matrices, block statistics, "
+            "chunks): its largest run minus both.",
             "",
         ]
         rows = []
         for b in breakdown:
-            whole = whole_wall = None
+            whole = None
             for point in results.get("point", []):
-                if point["field"] == b["field"] and point.get("runs"):
+                if (
+                    point["field"] == b["field"]
+                    and point.get("runs")
+                    and point.get("devices", 1) == 1
+                ):
                     run = point["runs"][-1]
                     whole = run["cpu_seconds"] / run["trials"]
-                    whole_wall = run["seconds"] / run["trials"]
             both = b.get("draw_and_decode_cpu_per_trial")
             decode = b.get("decode_cpu_per_trial")
-
-            def cell(cpu, wall):
-                if cpu is None:
-                    return "n/a"
-                return f"{_seconds(cpu)} ({_seconds(wall)})"
-
+            draw = both - decode if None not in (both, decode) else None
+            rest = whole - both if None not in (whole, both) else None
             rows.append(
                 [
                     b["field"],
-                    cell(decode, b.get("decode_seconds_per_trial")),
-                    cell(
-                        both - decode if None not in (both, decode) else None,
-                        b["draw_and_decode_seconds_per_trial"]
-                        - (b.get("decode_seconds_per_trial") or 0.0),
-                    ),
-                    cell(
-                        whole - both if None not in (whole, both) else None,
-                        (whole_wall or 0.0) - b["draw_and_decode_seconds_per_trial"],
-                    ),
-                    cell(whole, whole_wall),
+                    _seconds(decode),
+                    _seconds(draw),
+                    _seconds(rest),
+                    _seconds(whole),
                 ]
             )
         lines += _table(
@@ -487,8 +493,9 @@ def render(results: dict) -> str:
         "",
         f"Profile `{meta['profile']}`, run with `{meta['command']}` on {meta['date']}.",
         f"Machine: {meta['machine']}; JAX {meta['jax']} on {meta['devices']}; "
-        f"{meta['cpus']} CPUs; load average {meta['load_start']} at the start and "
-        f"{meta['load_end']} at the end; the run took {_seconds(meta['seconds'])}.",
+        f"{meta['cpus']} CPUs; load average {_load(meta['load_start'])} at the start "
+        f"and {_load(meta['load_end'])} at the end; the run took "
+        f"{_seconds(meta['seconds'])}.",
         "",
         "Throughputs are medians of repeated, warmed-up calls (block_until_ready); "
         "rivals are timed in alternation on the same inputs. The machine is shared: "
@@ -496,6 +503,13 @@ def render(results: dict) -> str:
         "`results.json` holds every timing (wall and CPU, median and minimum).",
         "",
     ]
+    engine = meta.get("engine")
+    if engine:
+        lines[-1:-1] = [
+            f"Engine: commit {engine['commit']}, `uepjax/*.py` sha256 "
+            f"{engine['sources_sha256']} (newest file {engine['newest_source']}; "
+            "uncommitted changes included).",
+        ]
     if results.get("skipped"):
         lines += [
             "Left out to keep within the profile's time budget: "
@@ -512,7 +526,9 @@ def render(results: dict) -> str:
         "A jitted, fused chain of the elimination's multiply-subtract `y - x z` "
         "(the engine's own field arithmetic) over large arrays: what the machine "
         "does when only arithmetic counts. GF(2) counts 32 elements per `uint32` "
-        "word (`y ^ (x & z)`).",
+        "word (`y ^ ((x >> 1) & z)`: the shift keeps the compiler from folding the "
+        "chain). The fastest of several kernel shapes is the limit; sections below "
+        "time it again alongside what they measure.",
         "",
     ]
     lines += _limits(results)
@@ -604,7 +620,12 @@ def plot_scaling(results: dict, path: Path) -> None:
                 [r["trials"] for r in runs],
                 [r["peak_rss_mib"] for r in runs],
                 marker="o",
-                label=f"{point['field']} peak RSS",
+                label=f"{point['field']} peak RSS"
+                + (
+                    ""
+                    if point.get("devices", 1) == 1
+                    else f" ({point['devices']} devices)"
+                ),
             )
     axis.set_xlabel("trials of a paper point (uepjax.simulate.curves)")
     axis.set_ylabel("peak memory (MiB)")

@@ -3,9 +3,10 @@
 One command measures everything in a single run and writes ``report.md`` (tables),
 ``results.json`` (every timing) and ``scaling.png`` into ``--out``:
 
-    python benchmarks/run.py --out benchmarks/results            # about 15 minutes
-    python benchmarks/run.py --quick --out /tmp/bench             # a smoke run
-    python benchmarks/run.py --report-only --out benchmarks/results   # redraw
+    python benchmarks/run.py --out benchmarks/results    # 40 min, busy 2-core CPU
+    python benchmarks/run.py --quick --out /tmp/bench    # a smoke run, about 1 min
+    python benchmarks/run.py --report-only --out benchmarks/results    # redraw
+    python benchmarks/run.py --only decode --out /tmp/bench    # one section
 
 Sections, in order: the elementwise limit of every field; batched rank against a
 per-matrix galois loop and NumPy; progressive decoding against a plain vmapped
@@ -64,7 +65,7 @@ PROFILES = {
         loop_seconds=0.05,
         limit_elements=2**14,
         limit_seconds=0.01,
-        limit_variants=((4, 4),),
+        limit_variants=((4, 4, 1),),
         compiled_memory=False,
         scaling_trials=(64,),
         scaling_fields=(256,),
@@ -72,6 +73,7 @@ PROFILES = {
         scaling_subproducts_workers=30,
         scaling_workers=(30,),
         point_fields=(256,),
+        point_multi_device_fields=(),
         point_trials=(1024, 2048),
         chunk_size=1024,
         main_job=False,
@@ -144,6 +146,7 @@ def _point_child(spec: dict) -> dict:
         warm_peak_rss_mib=suite.peak_rss_mib(),
         deadlines=len(arguments["deadlines"]),
         chunk_size=spec["chunk_size"],
+        devices=len(jax.local_devices()),
         runs=[],
     )
     for trials in spec["trials"]:
@@ -167,11 +170,16 @@ def _point_child(spec: dict) -> dict:
     return record
 
 
-def _in_child(flag: str, spec: dict, timeout: float) -> dict:
+def _in_child(flag: str, spec: dict, timeout: float, env=None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(spec)]
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=True
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+            env=env,
         )
     except subprocess.CalledProcessError as error:
         tail = (error.stderr or "").strip().splitlines()[-3:]
@@ -190,18 +198,33 @@ def points(
         ``(records, skipped)``: one record per field measured, and the fields left
         out once ``time_left()`` is not positive.
     """
+    import jax
+
     found, skipped = [], []
-    for q in profile.point_fields:
+    runs = [(q, None) for q in profile.point_fields]
+    cores = os.cpu_count() or 1
+    if jax.default_backend() == "cpu" and cores > 1:
+        # The engine splits each chunk over the local devices; on a CPU, XLA makes
+        # one device per core only when asked to.
+        flags = os.environ.get("XLA_FLAGS", "")
+        env = dict(
+            os.environ,
+            XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={cores}",
+        )
+        runs += [(q, env) for q in profile.point_multi_device_fields]
+    for q, env in runs:
+        label = suite.field_label(q) + ("" if env is None else f", {cores} devices")
         if time_left() <= 0:
-            skipped.append(f"the paper's point over {suite.field_label(q)}")
+            skipped.append(f"the paper's point over {label}")
             continue
         spec = dict(
             field=q, trials=list(profile.point_trials), chunk_size=profile.chunk_size
         )
         timeout = min(3600.0, max(60.0, time_left() + 60.0))
-        say(f"  {suite.field_label(q)}: {', '.join(map(str, profile.point_trials))}")
-        record = _in_child("--child-point", spec, timeout=timeout)
+        say(f"  {label}: {', '.join(map(str, profile.point_trials))} trials")
+        record = _in_child("--child-point", spec, timeout=timeout, env=env)
         record.setdefault("field", suite.field_label(q))
+        record.setdefault("devices", 1 if env is None else cores)
         found.append(record)
     return found, skipped
 
@@ -288,10 +311,45 @@ def main_job(profile: suite.Profile) -> dict:
 # The run.
 
 
+def _engine_snapshot() -> dict:
+    """Which engine was measured: the commit and a digest of ``uepjax/*.py``.
+
+    Other developers edit the engine while benchmarks run; the digest (of the files
+    as they were when the run started) says exactly which sources the numbers
+    belong to, uncommitted changes included.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    sources = sorted((REPOSITORY / "uepjax").glob("*.py"))
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    commit = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=REPOSITORY,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    newest = max((p.stat().st_mtime for p in sources), default=0.0)
+    return dict(
+        commit=commit,
+        sources_sha256=digest.hexdigest()[:16],
+        newest_source=datetime.datetime.fromtimestamp(newest, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        ),
+    )
+
+
 def _meta(profile: suite.Profile, command: str) -> dict:
     import jax
 
     return dict(
+        engine=_engine_snapshot(),
         profile=profile.name,
         command=command,
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -304,8 +362,18 @@ def _meta(profile: suite.Profile, command: str) -> dict:
     )
 
 
-def run(profile: suite.Profile, out: Path, sections: set[str], say) -> dict:
-    """Measures every requested section and writes the report into ``out``."""
+def run(
+    profile: suite.Profile, out: Path, sections: set[str], say, command: str
+) -> dict:
+    """Measures every requested section and writes the report into ``out``.
+
+    Args:
+        profile: the sizes of the run.
+        out: the folder for ``report.md``, ``results.json`` and ``scaling.png``.
+        sections: the sections to measure (the limits always run).
+        say: prints a line of progress.
+        command: the command line, for the report.
+    """
     started = time.perf_counter()
     budget = math.inf if profile.time_budget is None else profile.time_budget
     reserve = profile.main_job_seconds if "main" in sections else 0.0
@@ -313,7 +381,6 @@ def run(profile: suite.Profile, out: Path, sections: set[str], say) -> dict:
     def time_left(keep: float = reserve) -> float:
         return budget - keep - (time.perf_counter() - started)
 
-    command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
     results = dict(
         meta=_meta(profile, command), profile=dataclasses.asdict(profile), skipped=[]
     )
@@ -375,7 +442,8 @@ def write(results: dict, out: Path) -> None:
 SECTION_NAMES = ("rank", "decode", "scaling", "point", "main")
 
 
-def main(argv: list[str] | None = None, default_profile: str = "cpu") -> int:
+def main(argv: list[str] | None = None, command: str | None = None) -> int:
+    """The command line; ``command`` is what the report says was run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", type=Path, help="folder for report.md, results.json and scaling.png"
@@ -384,7 +452,7 @@ def main(argv: list[str] | None = None, default_profile: str = "cpu") -> int:
         "--profile",
         choices=sorted(PROFILES),
         default=None,
-        help=f"sizes of the run (default {default_profile})",
+        help="sizes of the run (default cpu)",
     )
     parser.add_argument(
         "--quick",
@@ -416,13 +484,16 @@ def main(argv: list[str] | None = None, default_profile: str = "cpu") -> int:
         return 0
     if args.quick and args.profile not in (None, "quick"):
         parser.error("--quick and --profile disagree")
-    name = "quick" if args.quick else (args.profile or default_profile)
+    name = "quick" if args.quick else (args.profile or "cpu")
     sections = set(args.only or SECTION_NAMES)
 
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    results = run(PROFILES[name], args.out, sections, say)
+    if command is None:
+        shown = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python", "benchmarks/run.py", *shown])
+    results = run(PROFILES[name], args.out, sections, say, command)
     for target in results["targets"]:
         verdict = {True: "holds", False: "MISSED", None: "n/a"}[target["holds"]]
         print(

@@ -79,7 +79,8 @@ class Profile:
         prefix_max_workers: the galois all-prefixes loop runs for ``W`` up to this.
         limit_elements: words per operand of the elementwise limit.
         limit_seconds: about how long one timed call of the limit lasts.
-        limit_variants: the ``(chains, unroll)`` kernel shapes tried for the limit.
+        limit_variants: the ``(chains, steps, width)`` kernel shapes tried for the
+            limit (``limits.VARIANTS``).
         compiled_memory: report the memory of compiled programs (compiles each
             measured program a second time).
         scaling_trials: trials of the scaling-with-trials rows (``K=9, W=30``).
@@ -90,6 +91,9 @@ class Profile:
         point_fields: the fields of the end-to-end paper point.
         point_trials: increasing trial counts run by one process per field; the
             last one is the end-to-end point, all of them show peak memory.
+        point_multi_device_fields: fields whose point runs once more with one XLA
+            device per CPU core (on a CPU backend), over which the engine splits
+            each chunk.
         chunk_size: trials per chunk of ``uepjax.simulate.curves``.
         main_job_trials: trials per curve of the main job (None: the config's).
         main_job_fields: fields of the main job (None: the config's).
@@ -122,6 +126,7 @@ class Profile:
     scaling_workers: tuple = (15, 30, 64, 128, 256)
     point_fields: tuple = (LARGE_PRIME, 256, 2)
     point_trials: tuple = (10_000, 100_000, 1_000_000)
+    point_multi_device_fields: tuple = (256,)
     chunk_size: int = simulate.DEFAULT_CHUNK
     main_job_trials: int | None = None
     main_job_fields: tuple | None = None
@@ -202,6 +207,11 @@ def _loop_agreement(loop: LoopTiming, expected: np.ndarray) -> float:
     )
 
 
+def numpy_batch(rows: int, cols: int, trials: int) -> int:
+    """Matrices given to one call of the NumPy baselines: about 2e7 operations."""
+    return int(min(trials, 4096, max(16, 2e7 // (rows * cols * cols))))
+
+
 def compiled_bytes(profile: Profile, jitted, *args, **static) -> int | None:
     """Argument, output and temporary bytes of a compiled program, if known."""
     if not profile.compiled_memory:
@@ -246,8 +256,10 @@ def elementwise_limits(profile: Profile) -> tuple[dict, dict]:
         kernels[label] = kernel
         records[label] = dict(
             rate=rate,
+            shape=kernel.name,
             chains=kernel.chains,
             unroll=kernel.unroll,
+            width=kernel.width,
             loops=kernel.loops,
             elements=kernel.elements,
             elements_per_word=limits.elements_per_word(field),
@@ -306,9 +318,15 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
         )
         record["numpy_loop"] = _loop_record(loop)
         agreement = [_loop_agreement(loop, ranks)]
-        batched = measure(lambda h=host, f=field: baselines.numpy_rank(h, f), 1)
-        record["numpy_batched"] = _timing(batched, profile.rank_trials)
-        agreement.append(float(np.mean(baselines.numpy_rank(host, field) == ranks)))
+        part = host[: numpy_batch(rows, cols, profile.rank_trials)]
+        batched = measure(lambda h=part, f=field: baselines.numpy_rank(h, f), 1)
+        record["numpy_batched"] = dict(
+            _timing(batched, part.shape[0]), items=part.shape[0]
+        )
+        record["numpy_batched_seconds_per_item"] = batched.wall / part.shape[0]
+        agreement.append(
+            float(np.mean(baselines.numpy_rank(part, field) == ranks[: len(part)]))
+        )
         if record["galois"]:
             loop = per_item(
                 lambda i, h=host, o=q: baselines.galois_rank_loop(h[i : i + 1], o),
@@ -324,7 +342,9 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
         record["speedup_numpy_loop"] = (
             record["numpy_loop"]["seconds_per_item"] / record["uepjax_seconds_per_item"]
         )
-        record["speedup_numpy_batched"] = batched.wall / timing.wall
+        record["speedup_numpy_batched"] = (
+            record["numpy_batched_seconds_per_item"] / record["uepjax_seconds_per_item"]
+        )
         record["agree"] = min(agreement)
         operations = rows * cols * cols * profile.rank_trials
         record["useful_per_second"] = operations / timing.wall
@@ -406,7 +426,7 @@ def decode_case(
     )
 
     host = np.asarray(rows)
-    batch = host[: min(trials, 4096)]
+    batch = host[: numpy_batch(workers, subproducts, trials)]
     numpy_batched = measure(lambda: baselines.numpy_recoverable(batch, field), 1)
     record["numpy_batched"] = _timing(numpy_batched, batch.shape[0])
     numpy_answer = baselines.numpy_recoverable(batch, field)
@@ -494,6 +514,7 @@ def scaling(
             found = decode_case(
                 profile, q, k, w, kernels, baselines_too=False, trials=trials
             )
+            known[field_label(q), k, w, trials] = found
         return found
 
     cases = dict(

@@ -158,6 +158,8 @@ def _point_note(results: dict, point: dict, last: dict) -> str:
             f"decoding alone at the elementwise limit: {_seconds(operations / limit)}"
         )
     breakdown = _find(results.get("breakdown", []), field=point["field"])
+    if point.get("devices", 1) != 1:
+        breakdown = None
     if breakdown and breakdown.get("decode_cpu_per_trial") is not None:
         draw = (
             breakdown["draw_and_decode_cpu_per_trial"]
@@ -189,10 +191,13 @@ def _point_targets(results: dict) -> list[dict]:
             continue
         last = runs[-1]
         complete = last["trials"] >= 10**6
+        devices = point.get("devices", 1)
+        where = "" if devices == 1 else f" on {devices} XLA devices"
         found.append(
             _target(
                 f"a {last['trials']:,}-trial point of the paper's setting, "
-                f"{point['field']}, all {point.get('deadlines', 81)} deadlines",
+                f"{point['field']}{where}, all {point.get('deadlines', 81)} "
+                "deadlines",
                 f"< {POINT_SECONDS:g} s"
                 + ("" if complete else " at 10^6 trials (not run here)"),
                 f"{last['seconds']:.3g} s (CPU {last['cpu_seconds']:.3g} s), "
@@ -209,7 +214,7 @@ def _point_targets(results: dict) -> list[dict]:
         growth = (last["peak_rss_mib"] - base) / base
         found.append(
             _target(
-                f"peak memory flat in the number of trials, {point['field']}",
+                f"peak memory flat in the number of trials, {point['field']}{where}",
                 f"grows <= {MEMORY_FLAT_TOLERANCE:.0%} from {first['trials']:,} to "
                 f"{last['trials']:,} trials",
                 f"{base:.0f} -> {last['peak_rss_mib']:.0f} MiB ({growth:+.1%})",

@@ -57,6 +57,7 @@ from uepjax.fields import (
     _montgomery_dot,
     _pack_bits,
     _raw_mul,
+    _reduction,
     _to_operand,
     _unpack_bits,
     get_field,
@@ -130,7 +131,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
         jnp.eye(unknowns, dtype=jnp.uint32), (batch, unknowns, unknowns)
     )
     p = field.order
-    montgomery = field.kind is FieldKind.PRIME and p >= 2**16
+    montgomery = _reduction(field) == "montgomery"
     one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):

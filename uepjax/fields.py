@@ -16,8 +16,8 @@ Supported fields and how their arithmetic stays exact:
 * ``GF(p)``, odd prime ``p <= 2^31 - 1``: elements are ``uint32`` in ``[0, p)``. For
   ``p < 2^16`` the ``uint32`` product of two elements is below ``2^32`` and ``%`` is
   exact. For ``2^16 <= p < 2^31`` the 64-bit product is formed in two ``uint32``
-  words from 16-bit limbs and reduced by Montgomery reduction with ``R = 2^32``; every
-  intermediate sum stays below ``2^32`` because ``p < 2^31``.
+  words from 16-bit limbs and reduced by Montgomery reduction with ``R = 2^32``;
+  every intermediate sum stays below ``2^32`` because ``p < 2^31``.
 * ``REAL``: ``float32`` with the relative tolerance :data:`REAL_TOLERANCE` and
   threshold pivoting (:data:`REAL_PIVOT_THRESHOLD`).
 
@@ -38,6 +38,7 @@ import functools
 import logging
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -284,7 +285,7 @@ class Field:
     def mul(self, a: Any, b: Any) -> jax.Array:
         """Product ``a * b``, exact (see the module docstring for the bounds)."""
         a, b = self._asarray(a), self._asarray(b)
-        if self.kind is FieldKind.PRIME and self.order >= 2**16:
+        if _reduction(self) == "montgomery":
             return _montgomery(
                 _montgomery(a, b, self.order), _mont_r2(self.order), self.order
             )
@@ -305,7 +306,7 @@ class Field:
             return a
         if self.kind is FieldKind.EXTENSION:
             return _table_inv(self, a)
-        if self.order < 2**16:
+        if _reduction(self) == "remainder":
             return _gather(_prime_inverses(self.order), a)
         return self.power(a, self.order - 2)
 
@@ -323,20 +324,22 @@ class Field:
         exponent = int(exponent)
         if self.kind is FieldKind.REAL:
             return a**exponent
-        if self.kind is FieldKind.PRIME and self.order >= 2**16:
-            p = self.order
+        if exponent == 0:
+            return jnp.ones_like(a)
+        if self.kind is FieldKind.BINARY:
+            return a
+        if self.kind is FieldKind.EXTENSION:
+            # a^e = exp[(log a) (e mod (q - 1))]; the product stays below 2^32.
+            tables, q = _tables(self.degree), self.order
+            log = _table_log(self, a).astype(jnp.uint32)
+            index = (log * np.uint32(exponent % (q - 1))) % np.uint32(q - 1)
+            return jnp.where(a == 0, a, _gather(tables.exp, index))
+        p = self.order
+        if _reduction(self) == "montgomery":
             base = _montgomery(a, _mont_r2(p), p)
-            result = _montgomery_power(base, exponent, p)
-            return _montgomery(result, jnp.uint32(1), p)
-        result = jnp.ones_like(a)
-        base = a
-        while exponent:
-            if exponent & 1:
-                result = self.mul(result, base)
-            exponent >>= 1
-            if exponent:
-                base = self.mul(base, base)
-        return result
+            result = _power_loop(functools.partial(_montgomery, p=p), base, exponent)
+            return _montgomery(result, jnp.ones_like(result), p)
+        return _power_loop(functools.partial(_raw_mul, self), a, exponent)
 
     def is_zero(self, a: Any) -> jax.Array:
         """``a == 0`` as bool (exact comparison, also for ``REAL``)."""
@@ -455,15 +458,24 @@ def get_field(q: int | str | Field) -> Field:
 # Modular arithmetic for GF(p).
 
 
+def _reduction(field: Field) -> str | None:
+    """How products of ``GF(p)`` are reduced: ``remainder`` or ``montgomery``."""
+    if field.kind is not FieldKind.PRIME:
+        return None
+    return "remainder" if field.order < 2**16 else "montgomery"
+
+
 def _mod_add(a: jax.Array, b: jax.Array, p: int) -> jax.Array:
-    # a, b < p < 2^31, so a + b < 2^32 does not wrap.
+    # a, b < p < 2^31, so a + b < 2^32 does not wrap; below p, total - p wraps
+    # above total and the unsigned minimum keeps total.
     total = a + b
-    return jnp.where(total >= np.uint32(p), total - np.uint32(p), total)
+    return jnp.minimum(total, total - np.uint32(p))
 
 
 def _mod_sub(a: jax.Array, b: jax.Array, p: int) -> jax.Array:
+    # For a < b the difference wraps above 2^31 and adding p wraps it into [0, p).
     diff = a - b
-    return jnp.where(a >= b, diff, diff + np.uint32(p))
+    return jnp.minimum(diff, diff + np.uint32(p))
 
 
 def _mul_high(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -497,8 +509,8 @@ def _montgomery_reduce(high: jax.Array, low: jax.Array, p: int) -> jax.Array:
     """
     p_neg_inv = np.uint32(_mont_constants(p)[0])
     m = low * p_neg_inv
-    total = high + _mul_high(m, jnp.uint32(p)) + (low != 0).astype(jnp.uint32)
-    return jnp.where(total >= np.uint32(p), total - np.uint32(p), total)
+    total = high + _mul_high(m, jnp.uint32(p)) + jnp.minimum(low, np.uint32(1))
+    return jnp.minimum(total, total - np.uint32(p))
 
 
 def _montgomery(a: jax.Array, b: jax.Array, p: int) -> jax.Array:
@@ -547,22 +559,21 @@ def _montgomery_dot(a: jax.Array, b: jax.Array, axis: int, p: int) -> jax.Array:
     return _field_sum(_field_of_order(p), reduced, axis)
 
 
-def _montgomery_power(base: jax.Array, exponent: int, p: int) -> jax.Array:
-    """``base^exponent`` in the Montgomery domain (``base`` and result times ``R``).
+def _power_loop(
+    mul: Callable[[jax.Array, jax.Array], jax.Array], base: jax.Array, exponent: int
+) -> jax.Array:
+    """``base^exponent`` (``exponent >= 1``) by left-to-right square-and-multiply.
 
-    Left-to-right square-and-multiply over the static exponent bits, as a
-    ``lax.fori_loop`` so that the compiled program stays small.
+    The static exponent bits drive a ``lax.fori_loop``, so that the compiled
+    program stays small for exponents such as ``p - 2``.
     """
-    one = jnp.full_like(base, np.uint32(pow(2, 32, p)))
-    if exponent == 0:
-        return one
-    bits = jnp.asarray([int(b) for b in bin(exponent)[2:]], dtype=bool)
+    bits = jnp.asarray([int(b) for b in bin(exponent)[3:]], dtype=bool)
 
     def step(i, result):
-        result = _montgomery(result, result, p)
-        return jnp.where(bits[i], _montgomery(result, base, p), result)
+        result = mul(result, result)
+        return jnp.where(bits[i], mul(result, base), result)
 
-    return lax.fori_loop(0, bits.shape[0], step, one)
+    return lax.fori_loop(0, bits.shape[0], step, base)
 
 
 # ---------------------------------------------------------------------------------
@@ -648,7 +659,8 @@ def _raw_mul(field: Field, a: jax.Array, b: jax.Array) -> jax.Array:
     if kind is FieldKind.BINARY:
         return a & b
     if kind is FieldKind.PRIME:
-        if field.order < 2**16:
+        reduction = _reduction(field)
+        if reduction == "remainder":
             return (a * b) % np.uint32(field.order)
         return _montgomery(a, b, field.order)
     tables = _tables(field.degree)
@@ -659,24 +671,25 @@ def _raw_mul(field: Field, a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _to_operand(field: Field, a: jax.Array) -> jax.Array:
     """``b`` such that ``_raw_mul(field, x, b) == field.mul(x, a)`` exactly."""
-    if field.kind is FieldKind.PRIME and field.order >= 2**16:
+    if _reduction(field) == "montgomery":
         return _montgomery(a, _mont_r2(field.order), field.order)
     return a
 
 
 def _from_operand(field: Field, b: jax.Array) -> jax.Array:
     """Inverse of :func:`_to_operand`."""
-    if field.kind is FieldKind.PRIME and field.order >= 2**16:
+    if _reduction(field) == "montgomery":
         return _montgomery(b, jnp.ones_like(b), field.order)
     return b
 
 
 def _inverse_operand(field: Field, a: jax.Array) -> jax.Array:
     """``_to_operand(field, field.inv(a))``, fused for Montgomery arithmetic."""
-    if field.kind is FieldKind.PRIME and field.order >= 2**16:
+    if _reduction(field) == "montgomery":
         # a read as a Montgomery residue is a/R, so (a/R)^(p-2) R = R^2 / a = the
         # operand form of 1 / a.
-        return _montgomery_power(a, field.order - 2, field.order)
+        p = field.order
+        return _power_loop(functools.partial(_montgomery, p=p), a, p - 2)
     return field.inv(a)
 
 
@@ -958,12 +971,33 @@ def rank(matrices: Any, q: int | str | Field) -> jax.Array:
     Raises:
         ValueError: as :func:`row_echelon`.
 
+    Note:
+        Over the reals this is the numerical rank: the number of singular values
+        above ``max(rows, cols) * eps * sigma_max`` with the ``float32`` epsilon
+        (numpy's rule). It is robust for dense, numerically low-rank matrices, where
+        the pivot count of :func:`row_echelon` (tuned to keep exact zeros of
+        structured coefficient matrices) can differ.
+
     Example:
         >>> import jax.numpy as jnp
         >>> rank(jnp.array([[1, 1], [1, 1]]), 2).tolist()
         1
     """
-    return row_echelon(matrices, q).rank
+    field = get_field(q)
+    matrices = _as_field_array(matrices, field, "matrices", 2)
+    if field.kind is FieldKind.REAL:
+        return _real_rank(matrices)
+    return _row_echelon_jit(matrices, field).rank
+
+
+@jax.jit
+def _real_rank(matrices: jax.Array) -> jax.Array:
+    if min(matrices.shape[-2:]) == 0:
+        return jnp.zeros(matrices.shape[:-2], jnp.int32)
+    singular = jnp.linalg.svd(matrices, compute_uv=False)
+    eps = jnp.finfo(jnp.float32).eps
+    threshold = singular[..., :1] * (max(matrices.shape[-2:]) * eps)
+    return jnp.sum(singular > threshold, axis=-1, dtype=jnp.int32)
 
 
 def recoverable(matrices: Any, q: int | str | Field) -> jax.Array:
