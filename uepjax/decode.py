@@ -53,11 +53,13 @@ from uepjax.fields import (
     FieldKind,
     _as_field_array,
     _field_sum,
+    _gather,
     _montgomery_combination,
     _montgomery_dot,
     _pack_bits,
     _raw_mul,
     _reduction,
+    _tables,
     _to_operand,
     _unpack_bits,
     get_field,
@@ -71,35 +73,81 @@ _HIGHEST = lax.Precision.HIGHEST
 _Insert = Callable[[Any, jax.Array], tuple[Any, ...]]
 
 
+COMPACTED_SHARE = 4
+"""Once at most ``1 / COMPACTED_SHARE`` of the trials lack full rank, the pass goes
+on with only those, gathered into a batch of that size."""
+
+SMALLEST_COMPACTED = 256
+"""No compacted stage is made for fewer trials than this: a stage compiles a loop
+of its own, which costs more than it saves on small batches."""
+
+
+def _stage_sizes(batch: int) -> list[int]:
+    """Trials carried by each stage of the pass (static)."""
+    if batch // COMPACTED_SHARE >= SMALLEST_COMPACTED:
+        return [batch, batch // COMPACTED_SHARE]
+    return [batch]
+
+
 def _progressive(
     rows: jax.Array,
-    basis: jax.Array,
+    basis: Any,
     insert: _Insert,
     unknowns: int,
 ) -> jax.Array:
-    """One pass over ``rows [arrivals, batch, ...]``; returns ``[batch, K]`` indices."""
+    """One pass over ``rows [arrivals, batch, ...]``; returns ``[batch, K]`` indices.
+
+    A trial with full rank has recovered everything, so once few trials lack it
+    the pass goes on with only those: it runs in stages (:func:`_stage_sizes`),
+    and a stage ends when its unfinished trials fit the next one, which gathers
+    their bases and reads their rows by trial. With the paper's EW code (K = 9,
+    W = 30) three quarters of the trials reach full rank within about 15 of the
+    30 arrivals, and the pass does about 60% of the work of a single stage.
+    """
     arrivals, batch = rows.shape[:2]
     never = arrivals + 1
-
-    def more(state):
-        n, _, rank, _ = state
-        return (n < arrivals) & jnp.any(rank < unknowns)
-
-    def arrive(state):
-        n, basis, rank, index = state
-        row = lax.dynamic_index_in_dim(rows, n, axis=0, keepdims=False)
-        basis, independent, recovered = insert(basis, row)
-        rank = rank + independent.astype(jnp.int32)
-        index = jnp.where(recovered & (index == never), n + 1, index)
-        return n + 1, basis, rank, index
-
+    sizes = _stage_sizes(batch)
+    index = jnp.full((batch, unknowns), never, jnp.int32)
+    trial = jnp.arange(batch, dtype=jnp.int32)
     state = (
         jnp.int32(0),
         basis,
         jnp.zeros((batch,), jnp.int32),
-        jnp.full((batch, unknowns), never, jnp.int32),
+        index,
+        jnp.ones((batch,), bool),
     )
-    return lax.while_loop(more, arrive, state)[3]
+    for stage, size in enumerate(sizes):
+        following = sizes[stage + 1] if stage + 1 < len(sizes) else 0
+
+        def more(state, following=following):
+            n, _, rank, _, valid = state
+            unfinished = jnp.sum(valid & (rank < unknowns))
+            return (n < arrivals) & (unfinished > following)
+
+        def arrive(state, trial=trial, compacted=stage > 0):
+            n, basis, rank, index, valid = state
+            row = lax.dynamic_index_in_dim(rows, n, axis=0, keepdims=False)
+            if compacted:
+                row = row[jnp.minimum(trial, batch - 1)]
+            basis, independent, recovered = insert(basis, row)
+            rank = rank + independent.astype(jnp.int32)
+            index = jnp.where(recovered & (index == never), n + 1, index)
+            return n + 1, basis, rank, index, valid
+
+        state = lax.while_loop(more, arrive, state)
+        n, basis, rank, stage_index, valid = state
+        # Padding entries of a stage point past the batch and are dropped.
+        index = index.at[trial].set(stage_index, mode="drop")
+        if not following:
+            break
+        unfinished = valid & (rank < unknowns)
+        (picked,) = jnp.nonzero(unfinished, size=following, fill_value=size)
+        valid = picked < size
+        picked = jnp.minimum(picked, size - 1)
+        trial = jnp.where(valid, trial[picked], batch)
+        basis = jax.tree.map(lambda x, picked=picked: x[picked], basis)
+        state = (n, basis, rank[picked], stage_index[picked], valid)
+    return index
 
 
 def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
@@ -122,6 +170,18 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
         return basis, independent, ~_unpack_bits(occupied, unknowns)
 
     return _progressive(packed_rows, basis, insert, unknowns)
+
+
+def _outer_product(field: Field, column: jax.Array, ratio: jax.Array) -> jax.Array:
+    """``column [b, K, 1] * ratio [b, 1, K]`` over ``GF(2^m)``.
+
+    The logarithms of the ``2K`` factors are looked up once and each of the ``K^2``
+    products is one lookup in the small exp table, which stays in the fastest cache
+    (a product table holds ``q^2`` entries).
+    """
+    tables = _tables(field.degree)
+    log_sum = _gather(tables.log, column) + _gather(tables.log, ratio)
+    return _gather(tables.exp, log_sum)
 
 
 def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
@@ -159,7 +219,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
                 # N + (p - ratio) N_j <= (p - 1) p < 2^32: one remainder per entry.
                 basis = (basis + field.neg(ratio) * column_j) % np.uint32(p)
             else:
-                basis = basis ^ _raw_mul(field, ratio, column_j)
+                basis = basis ^ _outer_product(field, column_j, ratio)
         return basis, independent, ~jnp.any(basis != 0, axis=2)
 
     return _progressive(rows, basis, insert, unknowns)
