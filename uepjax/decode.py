@@ -272,7 +272,10 @@ def _recovery_index_jit(coefficients: jax.Array, field: Field) -> jax.Array:
     arrivals, unknowns = coefficients.shape[-2:]
     flat = coefficients.reshape((math.prod(batch_shape), arrivals, unknowns))
     rows = jnp.swapaxes(flat, 0, 1)
-    if field.kind is FieldKind.BINARY:
+    if arrivals == 0 or unknowns == 0:
+        # Nothing arrives or nothing is unknown: every index is "never".
+        index = jnp.full(flat.shape[:1] + (unknowns,), arrivals + 1, jnp.int32)
+    elif field.kind is FieldKind.BINARY:
         index = _recovery_binary(rows, unknowns)
     elif field.kind is FieldKind.REAL:
         index = _recovery_real(rows)

@@ -466,23 +466,25 @@ def _loss_after_arrivals(sorted_index, stage_loss, workers):
 def _expected_over_times(sorted_index, stage_loss, survival, workers):
     """`[trials, D]` each trial's loss averaged over i.i.d. arrival times.
 
-    `survival [D, W + 2]` holds `P(N(t) >= m)` for `m = 0..W + 1`; the loss equals stage
-    `j` while `N(t)` lies in `[r_(j), r_(j+1))`.
+    `survival [D, W + 2]` holds `S(m) = P(N(t) >= m)` for `m = 0..W + 1`. The loss
+    is stage `j`'s loss `L_j` while `N(t)` lies in `[r_j, r_(j+1))` (`r_0 = 0`), so
+    it equals `sum_j S(r_j) (L_j - L_(j-1))`. The steps `L_j - L_(j-1)` are binned by
+    `r_j` into `[trials, W + 2]` weights, and the loss is their ordered dot product
+    with `S`: elementwise work that fuses, where gathering `S` at every `r_j` would
+    build a `[D, trials, K + 2]` array.
     """
-    bounds = jnp.concatenate(
-        [
-            jnp.zeros_like(sorted_index[:, :1]),
-            sorted_index,
-            jnp.full_like(sorted_index[:, :1], workers + 1),
-        ],
-        axis=-1,
-    )
-    at_bounds = survival[:, bounds]
-    stage_probability = at_bounds[..., :-1] - at_bounds[..., 1:]
     stages = stage_loss.shape[-1]
-    return _sum_in_order(
-        lambda j: stage_probability[..., j] * stage_loss[:, j], stages
-    ).T
+    bounds = jnp.concatenate([jnp.zeros_like(sorted_index[:, :1]), sorted_index], -1)
+    previous = jnp.concatenate(
+        [jnp.zeros_like(stage_loss[:, :1]), stage_loss[:, :-1]], axis=-1
+    )
+    step = stage_loss - previous
+    counts = jnp.arange(workers + 2)
+    weights = _sum_in_order(
+        lambda j: jnp.where(bounds[:, j, None] == counts, step[:, j, None], 0.0),
+        stages,
+    )
+    return _sum_in_order(lambda m: weights[:, m, None] * survival[:, m], workers + 2)
 
 
 def _loss_at_sampled_times(sorted_index, stage_loss, arrival, deadlines):
