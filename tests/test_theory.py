@@ -344,6 +344,29 @@ def test_vmap_over_gamma_matches_loop():
         )
 
 
+def test_vmap_over_many_gammas_at_the_papers_size():
+    # 8 gammas x 5456 count vectors (30 packets, 3 windows): the batched shape at
+    # which a broadcast multiply-sum of the multinomial exponent went wrong on
+    # jaxlib 0.10's CPU backend, for values and for gradients.
+    gammas = jnp.asarray(
+        np.random.default_rng(4).dirichlet(np.ones(3), size=8), jnp.float32
+    )
+
+    def probabilities(gamma):
+        return theory.decoding_probabilities("ew", SIZES, gamma, 30)
+
+    def decoded_by_ten(gamma):
+        return jnp.sum(probabilities(gamma)[:, 10])
+
+    batched = jax.jit(jax.vmap(probabilities))(gammas)
+    gradients = jax.jit(jax.vmap(jax.grad(decoded_by_ten)))(gammas)
+    for b, gamma in enumerate(gammas):
+        np.testing.assert_allclose(batched[b], probabilities(gamma), atol=1e-6)
+        np.testing.assert_allclose(
+            gradients[b], jax.grad(decoded_by_ten)(gamma), rtol=1e-5, atol=1e-6
+        )
+
+
 # ---------------------------------------------------------------------------------
 # Losses.
 # ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from uepjax import latency as latency_lib
 
@@ -427,8 +428,11 @@ def _composition_pmf(gamma: jax.Array, max_packets: int) -> jax.Array:
     table = _composition_table(max_packets, gamma.shape[-1])
     positive = gamma > 0
     log_gamma = jnp.log(jnp.where(positive, gamma, 1.0))
-    exponent = table.log_coefficient + jnp.sum(
-        table.counts * log_gamma[..., None, :], axis=-1
+    # A matrix product, not a broadcast multiply-sum: jaxlib 0.10's CPU XNNPACK
+    # fusion returns wrong values for that pattern on batched gamma.
+    counts = jnp.asarray(table.counts.T, log_gamma.dtype)
+    exponent = table.log_coefficient + jnp.matmul(
+        log_gamma, counts, precision=lax.Precision.HIGHEST
     )
     impossible = jnp.any((table.counts > 0) & ~positive[..., None, :], axis=-1)
     return jnp.where(impossible, 0.0, jnp.exp(exponent))
@@ -445,7 +449,9 @@ def _composition_pmf_jvp(
     pmf = _composition_pmf(gamma, max_packets)
     padded = jnp.concatenate([pmf, jnp.zeros_like(pmf[..., :1])], axis=-1)
     lowered = padded[..., table.minus_index]
-    tangent = table.totals * jnp.sum(lowered * gamma_dot[..., None, :], axis=-1)
+    tangent = table.totals * jnp.einsum(
+        "...rl,...l->...r", lowered, gamma_dot, precision=lax.Precision.HIGHEST
+    )
     return pmf, tangent
 
 

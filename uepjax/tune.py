@@ -1048,11 +1048,11 @@ def _unbatched(function: Callable[[Any], Any], inputs: Any) -> Any:
     """``function`` over the leading axis of ``inputs``, one slice at a time.
 
     Note:
-        The exact objective is evaluated one ``gamma`` at a time rather than vmapped:
-        on the CPU backend of jaxlib 0.10 the XNNPACK ("ynn") fusion of the
-        broadcast-multiply-reduce in the multinomial log-probabilities of
-        `uepjax.theory` returns wrong values for some batched shapes (e.g. 8 x 5456
-        count vectors), while unbatched evaluations are correct.
+        One slice at a time keeps memory at one ``[count vectors]`` row of the exact
+        objective (a simplex grid holds thousands of points). It was introduced when
+        the multinomial log-probabilities of `uepjax.theory` went wrong batched on
+        jaxlib 0.10's CPU backend; they are now a matrix product and correct under
+        ``vmap`` (tested), so multi-start runs could be vmapped again.
     """
     return jax.lax.map(function, inputs)
 
