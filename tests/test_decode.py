@@ -1,7 +1,5 @@
 """Tests of uepjax.decode: progressive recovery against galois and large-field rules."""
 
-import contextlib
-
 import galois
 import jax
 import jax.numpy as jnp
@@ -22,22 +20,6 @@ TRIALS = 18
 def _galois(q):
     # Pure-Python ufuncs: no numba compilation, fast enough for small arrays.
     return galois.GF(q, compile="python-calculate")
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA compilations (public jax.monitoring events) inside the block."""
-    events = []
-
-    def listener(name, *args, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _first_true(recovered):
@@ -460,7 +442,7 @@ def test_input_validation(function, coefficients, q, match):
 
 
 @pytest.mark.parametrize("q", ORDERS + ["real"])
-def test_no_retrace_for_new_values(q):
+def test_no_retrace_for_new_values(q, count_compiles):
     field = get_field(q)
     rng = np.random.default_rng(31)
     if q == "real":
