@@ -126,7 +126,7 @@ class Profile:
     scaling_workers: tuple = (15, 30, 64, 128, 256)
     point_fields: tuple = (LARGE_PRIME, 256, 2)
     point_trials: tuple = (10_000, 100_000, 1_000_000)
-    point_multi_device_fields: tuple = (256,)
+    point_multi_device_fields: tuple = (256, 2)
     chunk_size: int = simulate.DEFAULT_CHUNK
     main_job_trials: int | None = None
     main_job_fields: tuple | None = None
@@ -363,10 +363,24 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
 # Decoding throughput against the baselines.
 
 
-def _iterations(index: np.ndarray, workers: int) -> int:
-    """Arrivals the progressive decoder processed for this batch (early stop)."""
-    full_rank_at = index.max(axis=-1)
-    return int(min(workers, full_rank_at.max()))
+def arrivals_per_trial(index: np.ndarray, workers: int) -> float:
+    """Arrivals the progressive decoder processed, per trial of this batch.
+
+    It mirrors the pass of `uepjax.decode`: a stage runs until its trials without
+    full rank fit the next stage (the last one until none is left or all arrivals
+    are in), and each arrival of a stage costs one insert for each of its trials.
+    """
+    batch = index.shape[0]
+    full_rank_at = np.minimum(index.max(axis=-1), workers)
+    sizes = decode._stage_sizes(batch) + [0]
+    start, steps = 0, 0
+    for size, following in zip(sizes[:-1], sizes[1:], strict=True):
+        end = start
+        while end < workers and np.sum(full_rank_at > end) > following:
+            end += 1
+        steps += (end - start) * size
+        start = end
+    return steps / batch
 
 
 def decode_case(
@@ -396,16 +410,16 @@ def decode_case(
     timings = interleaved(rivals, profile.repeats)
     index = np.asarray(decode.recovery_index(rows, field))
     recovered = index <= workers
-    iterations = _iterations(index, workers)
+    arrivals = arrivals_per_trial(index, workers)
     record.update(
-        iterations=iterations,
+        arrivals_per_trial=arrivals,
         recovered_fraction=float(recovered.mean()),
         progressive=_timing(timings["progressive"], trials),
         memory_bytes=compiled_bytes(
             profile, decode._recovery_index_jit, rows, field=field
         ),
     )
-    operations = 2 * subproducts**2 * iterations * trials
+    operations = 2 * subproducts**2 * arrivals * trials
     record["useful_per_second"] = operations / timings["progressive"].wall
     record["limit_rate"] = _limit_rate(kernels, label, timings)
     record["fraction_of_limit"] = record["useful_per_second"] / record["limit_rate"]

@@ -25,7 +25,8 @@ and EW windows) do not hinge on rounding; see :data:`~uepjax.fields.REAL_TOLERAN
 and :data:`~uepjax.fields.REAL_PIVOT_THRESHOLD`.
 
 Each arrival costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
-``GF(2)``), and the pass stops early once every trial of the batch has full rank.
+``GF(2)``). A trial with full rank needs no more arrivals: once few trials of a large
+batch lack it the pass goes on with only those, and it stops when none is left.
 
 Example:
     >>> import jax.numpy as jnp
