@@ -179,9 +179,11 @@ def test_fast_product_keeps_the_recovered_blocks_of_the_sorted_operands(
 @pytest.mark.parametrize("kind", ["rxc", "cxr"])
 def test_block_assignment_equals_the_partition_modules_sort(kind):
     # The norm-sorted partition with one block gives the permutation; cutting that
-    # order with np.array_split is what the fast path must reproduce, ties included.
-    for seed, shape in ((5, (40, 22)),):
-        a, b = _matrices(seed, shape, shape[::-1], ties=True)
+    # order with np.array_split is what the fast path must reproduce, ties included
+    # (block starts on repeated values) and without ties (the short cut of unique
+    # values).
+    for seed, shape, ties in ((5, (40, 22), True), (6, (40, 22), False)):
+        a, b = _matrices(seed, shape, shape[::-1], ties=ties)
         if kind == "rxc":
             ordered = partition.partition_rxc(a, b, 1, 1, sort_by_norm=True)
             permutation = np.asarray(ordered.row_permutation)

@@ -523,18 +523,28 @@ def _blocks_by_rank(
     tau = tau[:, None, :]
     greater = jnp.sum(keys > tau, axis=1, dtype=jnp.int32)  # [V, S]
     tied = keys == tau
-    if longest <= _TRIANGLE_LIMIT:
-        # Equal entries before each entry: one exact dot with a strictly lower
-        # triangular matrix (counts below 2^24 are exact in float32), which XLA
-        # runs as one kernel where a cumsum takes several.
-        index = jnp.arange(longest)
-        lower = (index[None, :] < index[:, None]).astype(jnp.float32)
-        counts = jnp.einsum(
-            "ij,vjs->vis", lower, tied.astype(jnp.float32), precision=_HIGHEST
-        )
-        before = counts.astype(jnp.int32)
-    else:
-        before = jnp.cumsum(tied, axis=1, dtype=jnp.int32) - tied
+
+    def equal_before():
+        """`[V, n, S]` equal entries before each entry."""
+        if longest <= _TRIANGLE_LIMIT:
+            # One exact dot with a strictly lower triangular matrix (counts below
+            # 2^24 are exact in float32), which XLA runs as one kernel where a
+            # cumsum takes several.
+            index = jnp.arange(longest)
+            lower = (index[None, :] < index[:, None]).astype(jnp.float32)
+            counts = jnp.einsum(
+                "ij,vjs->vis", lower, tied.astype(jnp.float32), precision=_HIGHEST
+            )
+            return counts.astype(jnp.int32)
+        return jnp.cumsum(tied, axis=1, dtype=jnp.int32) - tied
+
+    # Usually each tau_s is held by one entry, which has no equal entry before it;
+    # the count is needed only for repeated values (dead ReLU units give zeros).
+    # Under vmap the cond becomes a select and both sides run.
+    repeated = jnp.any(jnp.sum(tied, axis=1) > 1)
+    before = jax.lax.cond(
+        repeated, equal_before, lambda: jnp.zeros(tied.shape, jnp.int32)
+    )
     later = (keys < tau) | (tied & (before >= (starts - greater)[:, None, :]))
     blocks = jnp.sum(later, axis=2, dtype=jnp.int32)  # [V, n]
     return [blocks[v, :n] for v, n in enumerate(lengths)]
