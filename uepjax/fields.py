@@ -1006,7 +1006,14 @@ def rank(matrices: Any, q: int | str | Field) -> jax.Array:
     matrices = _as_field_array(matrices, field, "matrices", 2)
     if field.kind is FieldKind.REAL:
         return _real_rank(matrices)
-    return _row_echelon_jit(matrices, field).rank
+    return _rank_jit(matrices, field)
+
+
+@functools.partial(jax.jit, static_argnames="field")
+def _rank_jit(matrices: jax.Array, field: Field) -> jax.Array:
+    # Only the pivot count leaves the program, so XLA drops the final ordering of
+    # the reduced rows.
+    return _echelon_flat(matrices, field).rank
 
 
 @jax.jit
