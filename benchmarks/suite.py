@@ -193,6 +193,13 @@ def _loop_record(loop: LoopTiming) -> dict:
     )
 
 
+def _per_matrix(profile: Profile, items: int, baseline, host, expected):
+    """``(record, agreement)`` of ``baseline`` called on one matrix of ``host`` at a
+    time, for ``items`` matrices."""
+    loop = per_item(lambda i: baseline(host[i : i + 1]), items, profile.loop_seconds)
+    return _loop_record(loop), _loop_agreement(loop, expected)
+
+
 def _loop_agreement(loop: LoopTiming, expected: np.ndarray) -> float:
     """Fraction of the loop's answers (one per item) equal to ``expected``."""
     answers = np.concatenate([np.asarray(o) for o in loop.outputs])
@@ -307,17 +314,14 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
             uepjax=_timing(timing, profile.rank_trials),
             uepjax_seconds_per_item=timing.wall / profile.rank_trials,
             memory_bytes=compiled_bytes(
-                profile, fields._row_echelon_jit, matrices, field=field
+                profile, fields._rank_jit, matrices, field=field
             ),
         )
         items = min(profile.loop_items, profile.rank_trials)
-        loop = per_item(
-            lambda i, h=host, f=field: baselines.numpy_rank(h[i : i + 1], f),
-            items,
-            profile.loop_seconds,
+        record["numpy_loop"], agree = _per_matrix(
+            profile, items, lambda m, f=field: baselines.numpy_rank(m, f), host, ranks
         )
-        record["numpy_loop"] = _loop_record(loop)
-        agreement = [_loop_agreement(loop, ranks)]
+        agreement = [agree]
         part = host[: numpy_batch(rows, cols, profile.rank_trials)]
         batched = measure(lambda h=part, f=field: baselines.numpy_rank(h, f), 1)
         record["numpy_batched"] = dict(
@@ -328,13 +332,14 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
             float(np.mean(baselines.numpy_rank(part, field) == ranks[: len(part)]))
         )
         if record["galois"]:
-            loop = per_item(
-                lambda i, h=host, o=q: baselines.galois_rank_loop(h[i : i + 1], o),
+            record["galois_loop"], agree = _per_matrix(
+                profile,
                 items,
-                profile.loop_seconds,
+                lambda m, o=q: baselines.galois_rank_loop(m, o),
+                host,
+                ranks,
             )
-            record["galois_loop"] = _loop_record(loop)
-            agreement.append(_loop_agreement(loop, ranks))
+            agreement.append(agree)
             record["speedup_galois"] = (
                 record["galois_loop"]["seconds_per_item"]
                 / record["uepjax_seconds_per_item"]
@@ -448,29 +453,29 @@ def decode_case(
         np.mean(np.all(numpy_answer == recovered[: batch.shape[0]], axis=-1))
     )
     items = min(profile.loop_items, trials)
-    loop = per_item(
-        lambda i: baselines.numpy_recoverable(host[i : i + 1], field),
+    record["numpy_loop"], record["agree_numpy_loop"] = _per_matrix(
+        profile,
         items,
-        profile.loop_seconds,
+        lambda m: baselines.numpy_recoverable(m, field),
+        host,
+        recovered,
     )
-    record["numpy_loop"] = _loop_record(loop)
-    record["agree_numpy_loop"] = _loop_agreement(loop, recovered)
     if HAVE_GALOIS and q != "real":
-        loop = per_item(
-            lambda i: baselines.galois_recoverable_loop(host[i : i + 1], q),
+        record["galois_loop"], record["agree_galois"] = _per_matrix(
+            profile,
             items,
-            profile.loop_seconds,
+            lambda m: baselines.galois_recoverable_loop(m, q),
+            host,
+            recovered,
         )
-        record["galois_loop"] = _loop_record(loop)
-        record["agree_galois"] = _loop_agreement(loop, recovered)
         if workers <= profile.prefix_max_workers:
-            loop = per_item(
-                lambda i: baselines.galois_recovery_index_loop(host[i : i + 1], q),
+            record["galois_prefix_loop"], record["agree_galois_prefix"] = _per_matrix(
+                profile,
                 items,
-                profile.loop_seconds,
+                lambda m: baselines.galois_recovery_index_loop(m, q),
+                host,
+                index,
             )
-            record["galois_prefix_loop"] = _loop_record(loop)
-            record["agree_galois_prefix"] = _loop_agreement(loop, index)
     return record
 
 

@@ -54,13 +54,11 @@ from uepjax.fields import (
     FieldKind,
     _as_field_array,
     _field_sum,
-    _gather,
     _montgomery_combination,
     _montgomery_dot,
     _pack_bits,
     _raw_mul,
     _reduction,
-    _tables,
     _to_operand,
     _unpack_bits,
     get_field,
@@ -174,18 +172,6 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     return _progressive(packed_rows, basis, insert, unknowns)
 
 
-def _outer_product(field: Field, column: jax.Array, ratio: jax.Array) -> jax.Array:
-    """``column [b, K, 1] * ratio [b, 1, K]`` over ``GF(2^m)``.
-
-    The logarithms of the ``2K`` factors are looked up once and each of the ``K^2``
-    products is one lookup in the small exp table, which stays in the fastest cache
-    (a product table holds ``q^2`` entries).
-    """
-    tables = _tables(field.degree)
-    log_sum = _gather(tables.log, column) + _gather(tables.log, ratio)
-    return _gather(tables.exp, log_sum)
-
-
 def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     """GF(2^m), GF(p < 2^16): normalised update; larger GF(p): fraction-free."""
     arrivals, batch, unknowns = rows.shape
@@ -221,7 +207,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
                 # N + (p - ratio) N_j <= (p - 1) p < 2^32: one remainder per entry.
                 basis = (basis + field.neg(ratio) * column_j) % np.uint32(p)
             else:
-                basis = basis ^ _outer_product(field, column_j, ratio)
+                basis = basis ^ _raw_mul(field, ratio, column_j)
         return basis, independent, ~jnp.any(basis != 0, axis=2)
 
     return _progressive(rows, basis, insert, unknowns)
