@@ -8,6 +8,8 @@ expected losses of `uepjax.theory` for the Monte Carlo checks (fixed keys, toler
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as linen
 import jax
 import jax.numpy as jnp
@@ -187,12 +189,12 @@ def test_block_assignment_equals_the_partition_modules_sort(kind):
         if kind == "rxc":
             ordered = partition.partition_rxc(a, b, 1, 1, sort_by_norm=True)
             permutation = np.asarray(ordered.row_permutation)
-            norms = jnp.sum(a * a, axis=1)
+            norms = partition.squared_norms(a, 1)
             blocks = 3
         else:
             ordered = partition.partition_cxr(a, b, 1, sort_by_norm=True)
             permutation = np.asarray(ordered.inner_permutation)
-            norms = jnp.sum(a * a, axis=0) * jnp.sum(b * b, axis=1)
+            norms = partition.squared_norms(a, 0) * partition.squared_norms(b, 1)
             blocks = 9
         expected = np.empty(len(permutation), int)
         for block, part in enumerate(np.array_split(permutation, blocks)):
@@ -202,6 +204,26 @@ def test_block_assignment_equals_the_partition_modules_sort(kind):
             norms
         )
         np.testing.assert_array_equal(got, expected)
+
+
+def test_block_assignment_of_vectors_sorted_together():
+    # Vectors of other lengths and numbers of blocks share one sort. Zero ties (which
+    # the sort keys resolve) and positive ties (which the exact count resolves) cross
+    # block starts, and a longest vector with a single block stays in block 0.
+    rng = np.random.default_rng(12)
+    zeros = rng.permutation(np.concatenate([np.zeros(30), rng.uniform(1, 2, 10)]))
+    positive_ties = rng.permutation(np.repeat(rng.uniform(1, 2, 4), 5))
+    plain, single = rng.uniform(0, 1, 9), rng.uniform(0, 1, 50)
+    for vectors, blocks in (
+        ((zeros, plain, single), (4, 9, 1)),
+        ((zeros, positive_ties, plain, single), (4, 3, 9, 1)),
+        ((single, positive_ties), (1, 3)),
+    ):
+        layouts = [nn._layout(len(v), k) for v, k in zip(vectors, blocks, strict=True)]
+        by_rank = jax.jit(functools.partial(nn._blocks_by_rank, layouts=layouts))
+        got = by_rank([jnp.asarray(v, jnp.float32) for v in vectors])
+        for v, k, g in zip(vectors, blocks, got, strict=True):
+            np.testing.assert_array_equal(g, _blocks_of(v, k))
 
 
 # --------------------------------------------------------------------------------

@@ -726,3 +726,18 @@ def test_bad_loss_and_synthetic_input(call, message):
 def test_docstring_examples_run():
     result = doctest.testmod(pt, extraglobs={"jax": jax, "jnp": jnp, "np": np})
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_squared_norms_of_rows_and_columns():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(37, 23)).astype(np.float32)
+    np.testing.assert_allclose(
+        pt.squared_norms(jnp.asarray(x), 1),
+        np.sum(x.astype(np.float64) ** 2, 1),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        pt.squared_norms(jnp.asarray(x), 0),
+        np.sum(x.astype(np.float64) ** 2, 0),
+        rtol=1e-6,
+    )

@@ -100,9 +100,6 @@ DEFAULT_RATE = 0.5
 """Rate `lambda` of the exponential response times of Sec. VII-C."""
 
 LARGE = "large"
-
-_TRIANGLE_LIMIT = 256
-"""Longest vector whose ties `_blocks_by_rank` counts with a triangular dot."""
 """The `field` of the large-field model (counts rule, no elimination)."""
 
 
@@ -479,14 +476,21 @@ def _blocks_by_rank(
 
     This is the block that `partition_rxc` / `partition_cxr` with `sort_by_norm`
     (a stable sort, ties in index order) and the cut of `_layout` give each entry,
-    computed without a permutation. One sort of the values finds the value `tau_s`
-    at each block start `s` (the `s`-th largest); an entry belongs to a block after
-    the start iff its value is below `tau_s`, or equal to it and preceded by at least
-    `s - #{values > tau_s}` equal entries. A single-operand sort of `uint32` keys (the
-    bit patterns of non-negative floats, which sort like the floats) is several times
-    cheaper than an argsort on the CPU, and the vectors are sorted together: shorter
-    ones are padded with zeros after their last entry, which leaves every real rank
-    unchanged.
+    computed without a permutation, from one single-operand sort of `uint32` keys
+    (several times cheaper than an argsort on the CPU). The key of a positive value
+    is its bit pattern (non-negative floats sort like their bit patterns) plus the
+    length `n`; the key of a zero at index `j` is `n - 1 - j`. So keys order the
+    entries exactly as the stable sort does, and zeros (dead ReLU units, blank
+    pixels), the usual ties, are tie-free. The vectors are sorted together, shorter
+    ones padded with zeros after their last entry, which rank below every real entry.
+
+    With `tau_s` the key at block start `s` (the `s`-th largest), an entry is after
+    the start iff its key is at most `tau_s`, unless positive values tie across the
+    start (`tau_s` also at rank `s - 1`). Then the start's entry is the one of key
+    `tau_s` with the least index `j_s` not taken by an earlier block, and an entry is
+    after the start iff its key is below `tau_s`, or equal with an index of at least
+    `j_s`. A `lax.cond` counts `j_s` only when such a tie occurs. The comparisons are
+    elementwise, so XLA fuses them into the product they mask.
 
     Args:
         values: `[n_v]` non-negative float32 sort keys, one vector per layout.
@@ -500,15 +504,13 @@ def _blocks_by_rank(
     boundaries = max(len(layout.starts) for layout in layouts)
     if boundaries == 0:
         return [jnp.zeros((n,), jnp.int32) for n in lengths]
-    # A missing boundary is put at the vector's length, which no entry reaches.
-    starts = np.array(
-        [
-            list(layout.starts) + [n] * (boundaries - len(layout.starts))
-            for layout, n in zip(layouts, lengths, strict=True)
-        ],
-        np.int32,
-    )
-    keys = jnp.stack(
+    # A vector with fewer blocks gets placeholder starts of 1, masked out by `real`.
+    starts = np.ones((len(layouts), boundaries), np.int32)
+    real = np.zeros((len(layouts), boundaries), bool)
+    for v, layout in enumerate(layouts):
+        starts[v, : len(layout.starts)] = layout.starts
+        real[v, : len(layout.starts)] = True
+    bits = jnp.stack(
         [
             jnp.pad(
                 jax.lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32),
@@ -517,36 +519,31 @@ def _blocks_by_rank(
             for v, n in zip(values, lengths, strict=True)
         ]
     )  # [V, n]
-    ascending = jax.lax.sort(keys, dimension=1)
+    index = jnp.arange(longest, dtype=jnp.uint32)[None, :]
+    keys = jnp.where(bits == 0, longest - 1 - index, bits + longest)
+    ascending = jax.lax.sort(keys, dimension=1, is_stable=False)
     tau = jnp.take_along_axis(ascending, longest - 1 - starts, axis=1)  # [V, S]
-    keys = keys[:, :, None]
-    tau = tau[:, None, :]
-    greater = jnp.sum(keys > tau, axis=1, dtype=jnp.int32)  # [V, S]
-    tied = keys == tau
+    above = jnp.take_along_axis(ascending, longest - starts, axis=1)
 
-    def equal_before():
-        """`[V, n, S]` equal entries before each entry."""
-        if longest <= _TRIANGLE_LIMIT:
-            # One exact dot with a strictly lower triangular matrix (counts below
-            # 2^24 are exact in float32), which XLA runs as one kernel where a
-            # cumsum takes several.
-            index = jnp.arange(longest)
-            lower = (index[None, :] < index[:, None]).astype(jnp.float32)
-            counts = jnp.einsum(
-                "ij,vjs->vis", lower, tied.astype(jnp.float32), precision=_HIGHEST
-            )
-            return counts.astype(jnp.int32)
-        return jnp.cumsum(tied, axis=1, dtype=jnp.int32) - tied
+    def first_after_tie():
+        """`[V, S]` least index of key `tau_s` at or after rank `s`."""
+        column = keys[:, :, None]
+        greater = jnp.sum(column > tau[:, None, :], axis=1, dtype=jnp.int32)
+        equal = column == tau[:, None, :]  # [V, n, S]
+        # The start's entry follows the first `s - #{keys > tau_s}` equal entries.
+        upto = jnp.cumsum(equal, axis=1, dtype=jnp.int32)
+        return jnp.sum(upto <= (starts - greater)[:, None, :], axis=1, dtype=jnp.uint32)
 
-    # Usually each tau_s is held by one entry, which has no equal entry before it;
-    # the count is needed only for repeated values (dead ReLU units give zeros).
-    # Under vmap the cond becomes a select and both sides run.
-    repeated = jnp.any(jnp.sum(tied, axis=1) > 1)
-    before = jax.lax.cond(
-        repeated, equal_before, lambda: jnp.zeros(tied.shape, jnp.int32)
+    first = jax.lax.cond(
+        jnp.any((tau == above) & real),
+        first_after_tie,
+        lambda: jnp.zeros(tau.shape, jnp.uint32),
     )
-    later = (keys < tau) | (tied & (before >= (starts - greater)[:, None, :]))
-    blocks = jnp.sum(later, axis=2, dtype=jnp.int32)  # [V, n]
+    blocks = jnp.zeros(keys.shape, jnp.int32)
+    for s in range(boundaries):
+        threshold, start_index = tau[:, s : s + 1], first[:, s : s + 1]
+        after = (keys < threshold) | ((keys == threshold) & (index >= start_index))
+        blocks += (after & real[:, s : s + 1]).astype(jnp.int32)
     return [blocks[v, :n] for v, n in enumerate(lengths)]
 
 
@@ -729,8 +726,8 @@ def _fast_product(a, b, decision: _Decision, coding: CodingSetup):
     """
     if coding.kind is partition.PartitionKind.RXC:
         n, p = coding.blocks
-        row_norms2 = jnp.sum(a * a, axis=1)
-        col_norms2 = jnp.sum(b * b, axis=0)
+        row_norms2 = partition.squared_norms(a, 1)
+        col_norms2 = partition.squared_norms(b, 0)
         row_block, col_block = _blocks_by_rank(
             [row_norms2, col_norms2], [_layout(a.shape[0], n), _layout(b.shape[1], p)]
         )
@@ -747,8 +744,8 @@ def _fast_product(a, b, decision: _Decision, coding: CodingSetup):
         return jnp.where(keep, jnp.matmul(a, b), 0.0), classes, recovered
 
     (m,) = coding.blocks
-    a_norms2 = jnp.sum(a * a, axis=0)
-    b_norms2 = jnp.sum(b * b, axis=1)
+    a_norms2 = partition.squared_norms(a, 0)
+    b_norms2 = partition.squared_norms(b, 1)
     (pair_block,) = _blocks_by_rank([a_norms2 * b_norms2], [_layout(a.shape[1], m)])
 
     def energies():

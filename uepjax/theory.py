@@ -278,9 +278,7 @@ def _decodable(counts: Any, class_sizes: tuple[int, ...], scheme: str, xp: Any) 
     """The rule of `decodable_classes`, written for numpy or jax.numpy (``xp``)."""
     num_classes = len(class_sizes)
     if scheme == "now":
-        return xp.stack(
-            [counts[..., c] >= class_sizes[c] for c in range(num_classes)], axis=-1
-        )
+        return counts >= xp.asarray(class_sizes, dtype=counts.dtype)
     cumulative = np.cumsum(class_sizes)
     rank = xp.zeros_like(counts[..., 0])
     full = []
