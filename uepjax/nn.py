@@ -469,6 +469,18 @@ def _unsort(permutation: jax.Array, values: jax.Array, axis: int) -> jax.Array:
     return jnp.zeros_like(values).at[:, permutation].set(values)
 
 
+def _sort_key(values: jax.Array, longest: int) -> jax.Array:
+    """`[longest] uint32` keys of `[n]` non-negative float32 `values` (see below).
+
+    Positive values keep their order as bit patterns plus `longest`; the zero at
+    index `j` gets `longest - 1 - j`, and the padding after index `n` gets 0.
+    """
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.uint32)
+    index = jnp.arange(values.shape[0], dtype=jnp.uint32)
+    keys = jnp.where(bits == 0, longest - 1 - index, bits + longest)
+    return jnp.pad(keys, (0, longest - values.shape[0]))
+
+
 def _blocks_by_rank(
     values: Sequence[jax.Array], layouts: Sequence[_Layout]
 ) -> list[jax.Array]:
@@ -482,15 +494,14 @@ def _blocks_by_rank(
     length `n`; the key of a zero at index `j` is `n - 1 - j`. So keys order the
     entries exactly as the stable sort does, and zeros (dead ReLU units, blank
     pixels), the usual ties, are tie-free. The vectors are sorted together, shorter
-    ones padded with zeros after their last entry, which rank below every real entry.
+    ones padded with keys 0, below every real entry.
 
     With `tau_s` the key at block start `s` (the `s`-th largest), an entry is after
     the start iff its key is at most `tau_s`, unless positive values tie across the
     start (`tau_s` also at rank `s - 1`). Then the start's entry is the one of key
     `tau_s` with the least index `j_s` not taken by an earlier block, and an entry is
     after the start iff its key is below `tau_s`, or equal with an index of at least
-    `j_s`. A `lax.cond` counts `j_s` only when such a tie occurs. The comparisons are
-    elementwise, so XLA fuses them into the product they mask.
+    `j_s`. A `lax.cond` counts `j_s` only when such a tie occurs.
 
     Args:
         values: `[n_v]` non-negative float32 sort keys, one vector per layout.
@@ -510,17 +521,8 @@ def _blocks_by_rank(
     for v, layout in enumerate(layouts):
         starts[v, : len(layout.starts)] = layout.starts
         real[v, : len(layout.starts)] = True
-    bits = jnp.stack(
-        [
-            jnp.pad(
-                jax.lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32),
-                (0, longest - n),
-            )
-            for v, n in zip(values, lengths, strict=True)
-        ]
-    )  # [V, n]
+    keys = jnp.stack([_sort_key(v, longest) for v in values])  # [V, n]
     index = jnp.arange(longest, dtype=jnp.uint32)[None, :]
-    keys = jnp.where(bits == 0, longest - 1 - index, bits + longest)
     ascending = jax.lax.sort(keys, dimension=1, is_stable=False)
     tau = jnp.take_along_axis(ascending, longest - 1 - starts, axis=1)  # [V, S]
     above = jnp.take_along_axis(ascending, longest - starts, axis=1)
@@ -539,11 +541,11 @@ def _blocks_by_rank(
         first_after_tie,
         lambda: jnp.zeros(tau.shape, jnp.uint32),
     )
-    blocks = jnp.zeros(keys.shape, jnp.int32)
-    for s in range(boundaries):
-        threshold, start_index = tau[:, s : s + 1], first[:, s : s + 1]
-        after = (keys < threshold) | ((keys == threshold) & (index >= start_index))
-        blocks += (after & real[:, s : s + 1]).astype(jnp.int32)
+    column, tau, first = keys[:, :, None], tau[:, None, :], first[:, None, :]
+    after = (column < tau) | ((column == tau) & (index[:, :, None] >= first))
+    # A reduction, so XLA computes the blocks once instead of in every element of
+    # the product they mask.
+    blocks = jnp.sum(after & real[:, None, :], axis=2, dtype=jnp.int32)  # [V, n]
     return [blocks[v, :n] for v, n in enumerate(lengths)]
 
 
