@@ -118,9 +118,11 @@ def main(argv=None) -> None:
             f"\n{model.title}, batch 64, {steps} steps a run "
             f"(min over {model_rounds} rounds)"
         )
-        print(f"  {'setup':<16} {'us/step':>9} {'ratio':>6}")
+        print(f"  {'setup':<16} {'per step':>10} {'ratio':>6}")
         for row in rows:
-            print(f"  {row['setup']:<16} {row['step_us']:9.1f} {row['ratio']:6.2f}")
+            us = row["step_us"]
+            step = f"{us:7.1f} us" if us < 1e4 else f"{us / 1e3:7.1f} ms"
+            print(f"  {row['setup']:<16} {step:>10} {row['ratio']:6.2f}")
         worst = max(r["ratio"] for r in rows)
         print(f"  worst ratio {worst:.2f} (target <= 1.5)")
 
