@@ -470,7 +470,7 @@ def _unsort(permutation: jax.Array, values: jax.Array, axis: int) -> jax.Array:
 
 
 def _sort_key(values: jax.Array, longest: int) -> jax.Array:
-    """`[longest] uint32` keys of `[n]` non-negative float32 `values` (see below).
+    """`[longest] uint32` sort keys of `[n]` non-negative `values` (`_blocks_by_rank`).
 
     Positive values keep their order as bit patterns plus `longest`; the zero at
     index `j` gets `longest - 1 - j`, and the padding after index `n` gets 0.
@@ -489,12 +489,12 @@ def _blocks_by_rank(
     This is the block that `partition_rxc` / `partition_cxr` with `sort_by_norm`
     (a stable sort, ties in index order) and the cut of `_layout` give each entry,
     computed without a permutation, from one single-operand sort of `uint32` keys
-    (several times cheaper than an argsort on the CPU). The key of a positive value
-    is its bit pattern (non-negative floats sort like their bit patterns) plus the
-    length `n`; the key of a zero at index `j` is `n - 1 - j`. So keys order the
-    entries exactly as the stable sort does, and zeros (dead ReLU units, blank
-    pixels), the usual ties, are tie-free. The vectors are sorted together, shorter
-    ones padded with keys 0, below every real entry.
+    (several times cheaper than an argsort on the CPU). With `n` the length of the
+    longest vector, the key of a positive value is its bit pattern (non-negative
+    floats sort like their bit patterns) plus `n`, and the key of a zero at index `j`
+    is `n - 1 - j`. So keys order the entries exactly as the stable sort does, and
+    zeros (dead ReLU units, blank pixels), the usual ties, are tie-free. The vectors
+    are sorted together, shorter ones padded with keys 0, below every real entry.
 
     With `tau_s` the key at block start `s` (the `s`-th largest), an entry is after
     the start iff its key is at most `tau_s`, unless positive values tie across the
