@@ -522,16 +522,18 @@ def _blocks_by_rank(
         starts[v, : len(layout.starts)] = layout.starts
         real[v, : len(layout.starts)] = True
     keys = jnp.stack([_sort_key(v, longest) for v in values])  # [V, n]
+    index = jnp.arange(longest, dtype=jnp.uint32)[None, :]
     ascending = jax.lax.sort(keys, dimension=1, is_stable=False)
     tau = jnp.take_along_axis(ascending, longest - 1 - starts, axis=1)  # [V, S]
     above = jnp.take_along_axis(ascending, longest - starts, axis=1)
-    column, at_start = keys[:, :, None], tau[:, None, :]  # [V, n, 1], [V, 1, S]
 
     def first_after_tie():
         """`[V, S]` least index of key `tau_s` at or after rank `s`."""
-        greater = jnp.sum(column > at_start, axis=1, dtype=jnp.int32)
+        column = keys[:, :, None]
+        greater = jnp.sum(column > tau[:, None, :], axis=1, dtype=jnp.int32)
+        equal = column == tau[:, None, :]  # [V, n, S]
         # The start's entry follows the first `s - #{keys > tau_s}` equal entries.
-        upto = jnp.cumsum(column == at_start, axis=1, dtype=jnp.int32)  # [V, n, S]
+        upto = jnp.cumsum(equal, axis=1, dtype=jnp.int32)
         return jnp.sum(upto <= (starts - greater)[:, None, :], axis=1, dtype=jnp.uint32)
 
     first = jax.lax.cond(
@@ -539,8 +541,8 @@ def _blocks_by_rank(
         first_after_tie,
         lambda: jnp.zeros(tau.shape, jnp.uint32),
     )
-    index = jnp.arange(longest, dtype=jnp.uint32)[None, :, None]
-    after = (column < at_start) | ((column == at_start) & (index >= first[:, None, :]))
+    column, tau, first = keys[:, :, None], tau[:, None, :], first[:, None, :]
+    after = (column < tau) | ((column == tau) & (index[:, :, None] >= first))
     # A reduction, so XLA computes the blocks once instead of in every element of
     # the product they mask.
     blocks = jnp.sum(after & real[:, None, :], axis=2, dtype=jnp.int32)  # [V, n]
