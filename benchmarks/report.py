@@ -250,7 +250,7 @@ def _fractions(results: dict) -> list[str]:
         rows.append(
             [
                 r["field"],
-                "Gauss-Jordan rank (`fields.rank`)",
+                f"{r.get('elimination', 'Gauss-Jordan')} rank (`fields.rank`)",
                 "15 x 9",
                 _si(r["useful_per_second"], "op/s"),
                 _si(r["limit_rate"], "op/s"),
@@ -571,8 +571,11 @@ def render(results: dict) -> str:
         SECTIONS[5],
         "",
         "Useful operations: `R C^2` multiply-subtracts for the Gauss-Jordan "
-        "elimination of an `R x C` matrix; `2 K^2` per processed arrival for the "
-        "progressive decoder. Divided by the limit of the same field.",
+        "elimination of an `R x C` matrix (the GF(2) rank and the plain baseline); "
+        "`R C (C + 1) / 2` for the forward elimination of the other fields' rank "
+        "(step `c` updates the `C - c` columns not yet eliminated); `2 K^2` per "
+        "processed arrival for the progressive decoder. Divided by the limit of the "
+        "same field.",
         "",
     ]
     lines += _fractions(results)

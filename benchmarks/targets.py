@@ -50,7 +50,7 @@ def _rank_targets(results: dict) -> list[dict]:
             rank["uepjax"]["cpu"] / rank["trials"]
         )
         rows, cols = rank["rows"], rank["cols"]
-        # Rank needs forward elimination only: column c updates the rows below.
+        # Rank needs forward elimination only: column c updates the columns after.
         forward = rows * cols * (cols + 1) // 2
         at_limit = forward / rank["limit_rate"]
         found.append(
@@ -126,7 +126,8 @@ def _limit_targets(results: dict) -> list[dict]:
     if row:
         found.append(
             _target(
-                f"prime-field elimination ({PRIME}, Gauss-Jordan rank 15 x 9), "
+                f"prime-field elimination ({PRIME}, "
+                f"{row.get('elimination', 'Gauss-Jordan')} rank 15 x 9), "
                 "fraction of the elementwise limit",
                 f">= {LIMIT_FRACTION:.0%}",
                 f"{_percent(row['fraction_of_limit'])} (CPU time: "

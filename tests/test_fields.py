@@ -305,6 +305,20 @@ def test_recoverable_matches_rank_reference(q, shape):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("shape", [(15, 9), (7, 12), (24, 24)])
+@pytest.mark.parametrize("q", RANK_ORDERS)
+def test_rank_with_pivotless_columns_matches_galois(q, shape):
+    # Window supports and zeroed columns: steps without a pivot in every phase of
+    # the forward elimination, and wide matrices (transposed before elimination).
+    gf = _galois(q)
+    matrices = _window_matrices(q, 6, *shape, seed=q % 83 + shape[1])
+    rng = np.random.default_rng(shape[0])
+    matrices = matrices * (rng.random((6, 1, shape[1])) > 0.3)
+    expected = [np.linalg.matrix_rank(gf(m)) for m in matrices]
+    assert len(set(expected)) > 1
+    assert np.asarray(fields.rank(matrices, q)).tolist() == expected
+
+
 def test_recoverable_outcomes_are_mixed():
     # Guards the reference comparison above against trivially all-True/False data.
     got = np.asarray(fields.recoverable(_window_matrices(256, 4, 6, 9, seed=3), 256))

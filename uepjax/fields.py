@@ -991,6 +991,9 @@ def rank(matrices: Any, q: int | str | Field) -> jax.Array:
         ValueError: as :func:`row_echelon`.
 
     Note:
+        Finite fields other than ``GF(2)`` use forward elimination without
+        normalising the pivots (about half the work of :func:`row_echelon`); over
+        ``GF(2)`` packed rows make Gauss-Jordan cheaper still.
         Over the reals this is the numerical rank: the number of singular values
         above ``max(rows, cols) * eps * sigma_max`` with the ``float32`` epsilon
         (numpy's rule). It is robust for dense, numerically low-rank matrices, where
@@ -1009,11 +1012,79 @@ def rank(matrices: Any, q: int | str | Field) -> jax.Array:
     return _rank_jit(matrices, field)
 
 
+RANK_PHASES = 4
+"""Phases of :func:`_rank_forward` over table-lookup fields: columns eliminated in
+earlier phases are sliced off, so the work falls from ``R C^2`` towards the
+``R C (C + 1) / 2`` entries that forward elimination has to update. Montgomery
+arithmetic runs in one phase: on a 2-core CPU its narrower phases vectorise so much
+worse that 15 x 9 matrices took 1.4 times as long in four phases as in one (20 x 9
+and taller ones gain from phases, by up to 1.3 times at 30 x 9)."""
+
+
+def _forward_step(c: jax.Array, m: jax.Array, field: Field):
+    """Eliminates column ``c`` of ``m [batch, rows, cols]`` from every row.
+
+    The pivot is the first row with a nonzero entry in column ``c``. A multiple of
+    it is subtracted from every row, the pivot row included, so column ``c`` and
+    the pivot row become zero and the rank of the other rows drops by one. Returns
+    the new ``m`` and ``[batch] bool``, True where the column held a pivot.
+    """
+    column = lax.dynamic_index_in_dim(m, c, axis=2)  # [batch, rows, 1]
+    nonzero = column[..., 0] != 0
+    has = jnp.any(nonzero, axis=1)
+    pivot = jnp.argmax(nonzero, axis=1)[:, None, None]
+    pivot_row = jnp.take_along_axis(m, pivot, axis=1)  # [batch, 1, cols]
+    pivot_value = jnp.take_along_axis(column, pivot, axis=1)  # [batch, 1, 1]
+    if _reduction(field) == "montgomery":
+        # Fraction-free, (v m - m_c r) 2^-32 with one reduction and no inverse: the
+        # factor 2^-32 scales every row alike. Without a pivot, v = 1 keeps m.
+        p = field.order
+        value = jnp.where(has[:, None, None], pivot_value, np.uint32(1))
+        m = _montgomery_combination(value, m, field.neg(column), pivot_row, p)
+    else:
+        # A zero column (no pivot) makes the update zero whatever the inverse is.
+        operand = _raw_mul(field, pivot_row, _inverse_operand(field, pivot_value))
+        m = field.sub(m, _raw_mul(field, column, operand))
+    return m, has
+
+
+def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
+    """Rank of ``m [batch, rows, cols]`` over a non-binary finite field: ``[batch]``.
+
+    Forward elimination without normalised pivots, one loop iteration per column
+    in up to :data:`RANK_PHASES` phases; each phase drops the columns already zero.
+    """
+    if m.shape[2] > m.shape[1]:
+        # rank(M) = rank(M^T): fewer columns mean fewer and narrower steps.
+        m = jnp.swapaxes(m, 1, 2)
+    batch, _, cols = m.shape
+    phases = 1 if _reduction(field) == "montgomery" else min(RANK_PHASES, cols)
+    bounds = [cols * i // phases for i in range(phases + 1)]
+
+    def step(c, state):
+        m, rank = state
+        m, has = _forward_step(c, m, field)
+        return m, rank + has.astype(jnp.int32)
+
+    rank = jnp.zeros((batch,), jnp.int32)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        m = m[:, :, start - (cols - m.shape[2]) :]
+        m, rank = lax.fori_loop(0, stop - start, step, (m, rank))
+    return rank
+
+
 @functools.partial(jax.jit, static_argnames="field")
 def _rank_jit(matrices: jax.Array, field: Field) -> jax.Array:
-    # Only the pivot count leaves the program, so XLA drops the final ordering of
-    # the reduced rows.
-    return _echelon_flat(matrices, field).rank
+    batch_shape = matrices.shape[:-2]
+    rows, cols = matrices.shape[-2:]
+    m = matrices.reshape((math.prod(batch_shape), rows, cols))
+    if rows == 0 or cols == 0:
+        ranks = jnp.zeros(m.shape[:1], jnp.int32)
+    elif field.kind is FieldKind.BINARY:
+        ranks = _echelon_binary(m).rank
+    else:
+        ranks = _rank_forward(m, field)
+    return ranks.reshape(batch_shape)
 
 
 @jax.jit
