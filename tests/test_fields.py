@@ -216,7 +216,7 @@ def test_power_rejects_negative_exponent():
         get_field(7).power(jnp.uint32(3), -1)
 
 
-@pytest.mark.parametrize("q", [2, 16, 65521, 2**31 - 1])
+@pytest.mark.parametrize("q", [2, 7, 16, 65521, 2**31 - 1])
 def test_random_is_uniform(q):
     # Fixed key; each tolerance is 4.5 standard errors of the estimate.
     field = get_field(q)
@@ -232,6 +232,26 @@ def test_random_is_uniform(q):
         assert abs(x.mean() - (q - 1) / 2) < 4.5 * standard_error
     nonzero = np.asarray(field.random_nonzero(jax.random.key(2), (n,)))
     assert nonzero.min() >= 1 and nonzero.max() < q
+
+
+@pytest.mark.parametrize("p", [7, 65521, 2**30 + 3, 2**31 - 1])
+def test_random_residues_reduce_threefry_words_exactly(p):
+    # The words are JAX's non-partitionable Threefry stream of the key; the
+    # elements are w mod p (one word) or (h 2^32 + l) 2^-32 mod p (two words).
+    key = jax.random.key(5)
+    size = 1001
+    one_word = 2**32 % p <= 2
+    with jax.threefry_partitionable(False):
+        bits = jax.random.bits(key, (size if one_word else 2 * size,), jnp.uint32)
+    words = [int(w) for w in np.asarray(bits)]
+    if one_word:
+        expected = [w % p for w in words]
+    else:
+        inverse_r = pow(2**32, -1, p)
+        high, low = words[:size], words[size:]
+        expected = [(h % p * 2**32 + w) * inverse_r % p for h, w in zip(high, low)]
+    got = np.asarray(fields._random_residues(key, size, p)).tolist()
+    assert got == expected
 
 
 def test_random_real_is_standard_normal():
