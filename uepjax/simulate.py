@@ -456,7 +456,15 @@ def _stage_losses(position, gram):
     unrecovered = (position[:, None, :] >= stage[None, :, None]).astype(gram.dtype)
     # u^T G u as ordered sums: (G u)_j = sum_k u_k G_kj, then sum_j u_j (G u)_j.
     coupled = _sum_in_order(lambda i: unrecovered[..., i, None] * gram[i], k)
-    stage_loss = _sum_in_order(lambda j: coupled[..., j] * unrecovered[..., j], k)
+
+    def term(j):
+        at = lax.dynamic_index_in_dim(coupled, j, axis=-1, keepdims=False)
+        return at * lax.dynamic_index_in_dim(unrecovered, j, axis=-1, keepdims=False)
+
+    # The second sum in a loop, so that the stage losses are computed once: as an
+    # unrolled expression XLA fused it into the gather of `_loss_after_arrivals` and
+    # computed `K + 1` stage losses again for each of the `W + 1` arrival counts.
+    stage_loss = lax.fori_loop(1, k, lambda j, total: total + term(j), term(0))
     # Dividing by stage 0 (nothing recovered) makes the loss exactly 1 there.
     return stage_loss / stage_loss[:, :1]
 
