@@ -248,8 +248,8 @@ def test_random_residues_reduce_threefry_words_exactly(p):
         expected = [w % p for w in words]
     else:
         inverse_r = pow(2**32, -1, p)
-        high, low = words[:size], words[size:]
-        expected = [(h % p * 2**32 + w) * inverse_r % p for h, w in zip(high, low)]
+        pairs = zip(words[:size], words[size:], strict=True)
+        expected = [(h % p * 2**32 + w) * inverse_r % p for h, w in pairs]
     got = np.asarray(fields._random_residues(key, size, p)).tolist()
     assert got == expected
 

@@ -411,12 +411,11 @@ def _random_words(key: jax.Array, size: int) -> jax.Array:
 
 
 def _random_residues(key: jax.Array, size: int, p: int) -> jax.Array:
-    """``[size]`` elements of ``GF(p)``, ``p`` odd, uniform up to a bias below
-    ``2^-31``.
+    """``[size]`` uniform elements of ``GF(p)``, ``p`` odd, up to a bias below 2^-31.
 
     A word ``w`` gives ``w mod p`` when ``2^32 mod p <= 2`` (``p = 2^31 - 1``): at
-    most two residues are one count in ``2^31`` more likely. Otherwise two words
-    ``(h, l)`` give ``(h 2^32 + l) 2^-32 mod p`` by a Montgomery reduction of
+    most two residues are more likely than the others, by ``2^-32``. Otherwise two
+    words ``(h, l)`` give ``(h 2^32 + l) 2^-32 mod p`` by a Montgomery reduction of
     ``(h mod p, l)``: the image of ``h 2^32 + l mod p`` under a bijection, so the
     bias is below ``p 2^-64``.
     """
@@ -1101,7 +1100,7 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
         return m, rank + has.astype(jnp.int32)
 
     rank = jnp.zeros((batch,), jnp.int32)
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         m = m[:, :, start - (cols - m.shape[2]) :]
         m, rank = lax.fori_loop(0, stop - start, step, (m, rank))
     return rank
