@@ -241,6 +241,27 @@ def test_four_devices_and_another_chunk_size_give_the_same_numbers(
     assert {r["devices"] for r in summary} == {"4"}
 
 
+def test_cpu_devices_option_splits_the_cpu(workspace, reference, tmp_path):
+    out = tmp_path / "split"
+    run(workspace, out, "--quiet", "--cpu-devices", "3")
+    assert rows(out / "results.csv") == rows(reference / "results.csv")
+    summary = rows(out / "summary.csv", drop=())
+    assert {r["devices"] for r in summary} == {"3"}
+
+
+def test_cpu_devices_must_be_positive(workspace, tmp_path):
+    _, path, env = workspace
+    done = subprocess.run(
+        [*command(path, tmp_path / "bad"), "--cpu-devices", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert "--cpu-devices must be a positive integer (got 0)" in done.stderr
+
+
 def _free_port():
     with socket.socket() as handle:
         handle.bind(("127.0.0.1", 0))

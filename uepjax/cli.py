@@ -30,6 +30,17 @@ EXTERNAL = {
 }
 
 
+def _split_the_cpu(count: int | None) -> None:
+    """Makes XLA show the CPU as `count` devices; before anything touches a device."""
+    if count is None:
+        return
+    if count < 1:
+        raise ValueError(f"--cpu-devices must be a positive integer (got {count})")
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", count)
+
+
 def _initialize_distributed(args) -> None:
     from uepjax import distributed
 
@@ -53,8 +64,9 @@ def _devices(args):
 
 
 def _sweep(args) -> int:
-    # jax.distributed must start before anything touches a device, and importing
-    # uepjax.sweep builds default configs on the device.
+    # The CPU's devices and jax.distributed must be set up before anything touches a
+    # device, and importing uepjax.sweep builds default configs on the device.
+    _split_the_cpu(args.cpu_devices)
     _initialize_distributed(args)
     from uepjax import config, distributed, simulate, sweep
 
@@ -283,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         type=int,
         help="use the first N local devices (default: all of them)",
+    )
+    sweep.add_argument(
+        "--cpu-devices",
+        type=int,
+        help="split the CPU into N XLA devices, each taking a share of every chunk "
+        "(one per core is fastest; same numbers)",
     )
     sweep.add_argument(
         "--chunk-size",
