@@ -1108,16 +1108,13 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="field")
 def _rank_jit(matrices: jax.Array, field: Field) -> jax.Array:
+    if field.kind is FieldKind.BINARY or 0 in matrices.shape[-2:]:
+        # Only the pivot count leaves the program, so XLA drops the final ordering
+        # of the reduced rows.
+        return _echelon_flat(matrices, field).rank
     batch_shape = matrices.shape[:-2]
-    rows, cols = matrices.shape[-2:]
-    m = matrices.reshape((math.prod(batch_shape), rows, cols))
-    if rows == 0 or cols == 0:
-        ranks = jnp.zeros(m.shape[:1], jnp.int32)
-    elif field.kind is FieldKind.BINARY:
-        ranks = _echelon_binary(m).rank
-    else:
-        ranks = _rank_forward(m, field)
-    return ranks.reshape(batch_shape)
+    flat = matrices.reshape((math.prod(batch_shape),) + matrices.shape[-2:])
+    return _rank_forward(flat, field).reshape(batch_shape)
 
 
 @jax.jit

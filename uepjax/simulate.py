@@ -408,6 +408,13 @@ def _sum_in_order(term: Callable[[Any], jax.Array], count: int) -> jax.Array:
         for i in range(1, count):
             total = total + term(i)
         return total
+    return _sum_in_loop(term, count)
+
+
+def _sum_in_loop(term: Callable[[Any], jax.Array], count: int) -> jax.Array:
+    """The sum of :func:`_sum_in_order`, always in a loop (`term` gets a traced
+    index). Its result is one array, which XLA cannot fuse into its consumers and
+    recompute there."""
     return lax.fori_loop(1, count, lambda i, total: total + term(i), term(0))
 
 
@@ -466,7 +473,7 @@ def _stage_losses(position, gram):
     # The second sum in a loop, so that the stage losses are computed once: as an
     # unrolled expression XLA fused it into the gather of `_loss_after_arrivals` and
     # computed `K + 1` stage losses again for each of the `W + 1` arrival counts.
-    stage_loss = lax.fori_loop(1, k, lambda j, total: total + term(j), term(0))
+    stage_loss = _sum_in_loop(term, k)
     # Dividing by stage 0 (nothing recovered) makes the loss exactly 1 there.
     return stage_loss / stage_loss[:, :1]
 
@@ -501,10 +508,10 @@ def _binned_steps(sorted_index, stage_loss, workers):
         at = lax.dynamic_index_in_dim(bounds, j, axis=1)
         return jnp.where(at == counts, lax.dynamic_index_in_dim(step, j, axis=1), 0.0)
 
-    # The same additions as `_sum_in_order`, in a loop: unrolled, XLA fuses the
-    # binning into the product with the survival function and bins again for
-    # every deadline (a quarter slower for the paper's 81 deadlines).
-    return lax.fori_loop(1, stages, lambda j, total: total + binned(j), binned(0))
+    # In a loop: unrolled, XLA fuses the binning into the product with the
+    # survival function and bins again for every deadline (a quarter slower for
+    # the paper's 81 deadlines).
+    return _sum_in_loop(binned, stages)
 
 
 def _ordered_product(weights, survival):
