@@ -456,3 +456,66 @@ def test_no_retrace_for_new_values(q, count_compiles):
         jax.block_until_ready(decode.recovery_index(second, field))
         jax.block_until_ready(decode.recovered_after_arrivals(second, field))
     assert compiles == []
+
+
+# ---------------------------------------------------------------------------------
+# Rows confined to blocks of sub-products (NOW windows, unit rows).
+
+
+def _block_matrices(q, trials, arrivals, blocks, seed):
+    """Rows each inside one block, with zero rows, copies and sums of earlier rows;
+    every fourth trial never draws a row of the last block."""
+    gf = _galois(q)
+    rng = np.random.default_rng(seed)
+    unknowns = sum(blocks)
+    block_of = np.repeat(np.arange(len(blocks)), blocks)
+    matrices = []
+    for trial in range(trials):
+        last = len(blocks) - (trial % 4 == 0)
+        window = rng.integers(0, last, arrivals)
+        support = block_of[None, :] == window[:, None]
+        support &= rng.random((arrivals, unknowns)) > 0.2
+        rows = gf(rng.integers(0, q, (arrivals, unknowns)) * support)
+        for n in range(1, arrivals):
+            draw, earlier = rng.random(), rng.integers(n)
+            same_block = np.flatnonzero(window[:n] == window[n])
+            if draw < 0.1:
+                rows[n] = 0
+            elif draw < 0.25 and same_block.size:
+                rows[n] = rows[rng.choice(same_block)] * gf(rng.integers(1, q))
+            elif draw < 0.35 and window[earlier] == window[n] and same_block.size:
+                rows[n] = rows[earlier] + rows[rng.choice(same_block)]
+        matrices.append(np.asarray(rows, dtype=np.int64))
+    return np.stack(matrices).astype(np.uint32)
+
+
+@pytest.mark.parametrize("q", ORDERS)
+@pytest.mark.parametrize("blocks", [(3, 3, 3), (2, 3, 4), (1,) * 6])
+def test_decoding_by_blocks_matches_galois_reference(q, blocks):
+    matrices = _block_matrices(q, 12, 14, blocks, seed=q % 101 + len(blocks))
+    field = get_field(q)
+    got = np.asarray(decode._recovery_index_jit(jnp.asarray(matrices), field, blocks))
+    gf = _galois(q)
+    expected = np.stack([_reference_recovery_index(m, gf) for m in matrices])
+    assert (expected <= 14).any() and (expected == 15).any()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("q", [256, 2**31 - 1, "real"])
+def test_decoding_by_blocks_agrees_with_one_pass_on_many_trials(q):
+    # Enough trials for the compacted stages of the pass (more than 1024).
+    blocks = (2, 3, 4)
+    if q == "real":
+        rng = np.random.default_rng(31)
+        windows = rng.choice(3, size=(2048, 30), p=[0.5, 0.3, 0.2])
+        classes = np.repeat(np.arange(3), blocks)
+        support = classes[None, None, :] == windows[..., None]
+        values = rng.standard_normal(support.shape) * support
+        matrices = values.astype(np.float32)
+    else:
+        matrices = _block_matrices(q, 2048, 30, blocks, seed=7)
+    field = get_field(q)
+    by_blocks = decode._recovery_index_jit(jnp.asarray(matrices), field, blocks)
+    one_pass = decode._recovery_index_jit(jnp.asarray(matrices), field)
+    assert (np.asarray(one_pass) == 31).any()
+    np.testing.assert_array_equal(np.asarray(by_blocks), np.asarray(one_pass))

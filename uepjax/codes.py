@@ -284,18 +284,22 @@ class RowModel:
     """How the workers' coefficient rows are drawn, as arrays only.
 
     Window codes draw i.i.d. rows (`windows`, `gamma`); the other schemes assign fixed
-    rows to the workers (`fixed`). Codes with the same shapes share one compiled
-    sampler: NOW and EW differ only in the values of `windows`.
+    rows to the workers (`fixed`). Codes with the same shapes and `blocks` share one
+    compiled sampler.
 
     Attributes:
         windows: `[L, K] bool` window membership, or None for fixed rows.
         gamma: `[L] float32` window probabilities, or None for fixed rows.
         fixed: `[W, K]` field elements, one row per worker, or None.
+        blocks: sizes of consecutive sub-product blocks such that every row lies in
+            one block (NOW: the classes; unit rows: single sub-products), or None
+            (static). The decoder then decodes the blocks apart.
     """
 
     windows: jax.Array | None
     gamma: jax.Array | None
     fixed: jax.Array | None
+    blocks: tuple[int, ...] | None = None
 
     @property
     def iid(self) -> bool:
@@ -304,7 +308,7 @@ class RowModel:
 
 
 jax.tree_util.register_dataclass(
-    RowModel, data_fields=["windows", "gamma", "fixed"], meta_fields=[]
+    RowModel, data_fields=["windows", "gamma", "fixed"], meta_fields=["blocks"]
 )
 
 
@@ -317,13 +321,14 @@ def row_model(code: Code, field: fields.Field, workers: int) -> RowModel:
     code.check_workers(workers)
     k = code.subproducts
     if code.iid_rows:
-        return RowModel(jnp.asarray(code.windows), code.gamma, None)
+        blocks = code.class_sizes if code.scheme is Scheme.NOW else None
+        return RowModel(jnp.asarray(code.windows), code.gamma, None, blocks)
     if code.scheme is Scheme.MDS:
         if field.kind is fields.FieldKind.REAL:
             return RowModel(jnp.ones((1, k), bool), jnp.ones((1,), jnp.float32), None)
         return RowModel(None, None, _vandermonde(field, workers, k))
     unit = jnp.arange(workers)[:, None] % k == jnp.arange(k)[None, :]
-    return RowModel(None, None, unit.astype(field.dtype))
+    return RowModel(None, None, unit.astype(field.dtype), (1,) * k)
 
 
 def sample_rows(

@@ -345,7 +345,7 @@ def _recovery(key, index, model, field, workers, arrival_times=None):
     rows, times = jax.vmap(
         lambda k: _arrival_rows(k, model, field, workers, arrival_times)
     )(keys)
-    return decode.recovery_index(rows, field), times
+    return decode._recovery_index_jit(rows, field, model.blocks), times
 
 
 @functools.partial(jax.jit, static_argnames=("field", "workers", "size"))
