@@ -403,6 +403,8 @@ def run(
         results["decode"], skipped = suite.decoding(profile, kernels, time_left, say)
         results["skipped"] += skipped
         results["breakdown"] = suite.trial_breakdown(profile, results["decode"])
+        results["now_blocks"], skipped = suite.now_blocks(profile, time_left, say)
+        results["skipped"] += skipped
         checkpoint()
     if "scaling" in sections:
         say("scaling with trials, sub-products and workers")

@@ -41,6 +41,7 @@ __all__ = [
     "Profile",
     "class_sizes",
     "decode_case",
+    "now_blocks",
     "decoding",
     "elementwise_limits",
     "field_label",
@@ -170,9 +171,12 @@ def _draw_rows(key, model, field, workers, trials):
     return jax.vmap(lambda k: codes.sample_rows(k, model, field, workers))(keys)
 
 
-def draw_rows(field: fields.Field, subproducts: int, workers: int, trials: int):
-    """``[trials, W, K]`` rows of the EW code with :data:`GAMMA`, in arrival order."""
-    code = codes.ew(class_sizes(subproducts), GAMMA)
+def draw_rows(
+    field: fields.Field, subproducts: int, workers: int, trials: int, scheme="ew"
+):
+    """``[trials, W, K]`` rows of the EW (or NOW) code with :data:`GAMMA`, in
+    arrival order."""
+    code = codes.make_code(scheme, class_sizes(subproducts), GAMMA)
     model = codes.row_model(code, field, workers)
     return _draw_rows(
         jax.random.key(subproducts * 1000 + workers), model, field, workers, trials
@@ -525,6 +529,53 @@ def decoding(
             say(f"  {field_label(q)}, K = {k}, W = {w}")
             rows.append(decode_case(profile, q, k, w, kernels))
     return rows, skipped
+
+
+def _now_case(profile: Profile, q, subproducts: int, workers: int) -> dict:
+    """NOW rows decoded block by block against one pass, for one field."""
+    field = fields.get_field(q)
+    blocks = class_sizes(subproducts)
+    trials = profile.decode_trials(subproducts, workers)
+    rows = draw_rows(field, subproducts, workers, trials, scheme="now")
+    jax.block_until_ready(rows)
+    rivals = {
+        "one_pass": lambda: decode._recovery_index_jit(rows, field),
+        "blocks": lambda: decode._recovery_index_jit(rows, field, blocks),
+    }
+    timings = interleaved(rivals, profile.repeats)
+    return dict(
+        field=field_label(q),
+        subproducts=subproducts,
+        workers=workers,
+        trials=trials,
+        one_pass=_timing(timings["one_pass"], trials),
+        blocks=_timing(timings["blocks"], trials),
+        speedup=timings["one_pass"].wall / timings["blocks"].wall,
+        agree=bool(
+            np.array_equal(np.asarray(rivals["one_pass"]()), rivals["blocks"]())
+        ),
+    )
+
+
+def now_blocks(
+    profile: Profile,
+    time_left: Callable[[], float] = _forever,
+    say: Callable[[str], None] = _silent,
+) -> tuple[list[dict], list[str]]:
+    """NOW rows at 9 x 30, decoded block by block (as the simulator does) against
+    one pass over all sub-products, for every field of the profile.
+
+    Returns:
+        ``(rows, skipped)``, as :func:`decoding`.
+    """
+    found, skipped = [], []
+    for q in profile.fields:
+        if time_left() <= 0:
+            skipped.append(f"NOW blocks {field_label(q)}")
+            continue
+        say(f"  NOW, {field_label(q)}, K = 9, W = 30")
+        found.append(_now_case(profile, q, 9, 30))
+    return found, skipped
 
 
 def scaling(

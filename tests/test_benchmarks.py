@@ -62,6 +62,7 @@ def test_report_has_every_section_and_table(quick_run):
         "| field | matrices | uepjax per matrix | galois loop |",
         "| field | K x W | trials | arrivals processed a trial |",
         "| field | K x W | progressive | plain JAX (full set) |",
+        "| field | K x W | trials | one pass | block by block |",
         "| field | elimination | W x K | useful operations |",
         "| field | trials per call | throughput |",
         "| field | trials | wall | CPU | throughput | RSS before |",
@@ -89,6 +90,8 @@ def test_results_record_agreeing_baselines(quick_run):
     ):
         assert case[key] == 1.0, key
     assert 1 <= case["arrivals_per_trial"] <= case["workers"]
+    (now,) = results["now_blocks"]
+    assert now["agree"] and now["speedup"] > 0
     (point,) = results["point"]
     assert [run["trials"] for run in point["runs"]] == [1024, 2048]
     names = [t["name"] for t in results["targets"]]
