@@ -130,7 +130,7 @@ class Profile:
     scaling_workers: tuple = (15, 30, 64, 128, 256)
     point_fields: tuple = (LARGE_PRIME, 256, 2)
     point_trials: tuple = (10_000, 100_000, 1_000_000)
-    point_multi_device_fields: tuple = (256, 2)
+    point_multi_device_fields: tuple = (LARGE_PRIME, 256, 2)
     chunk_size: int = simulate.DEFAULT_CHUNK
     main_job_trials: int | None = None
     main_job_fields: tuple | None = None

@@ -221,6 +221,38 @@ def test_results_do_not_depend_on_the_chunk_size():
             np.testing.assert_array_equal(first.standard_error, second.standard_error)
 
 
+@pytest.mark.parametrize(
+    "code, q, workers",
+    [
+        (codes.now((2, 3, 4), GAMMA), 2**31 - 1, WORKERS),
+        (codes.now(SIZES, GAMMA), 256, WORKERS),
+        (codes.now(SIZES, GAMMA), "real", WORKERS),
+        (codes.repetition(9, 2), 65521, 18),
+    ],
+)
+def test_decoding_by_blocks_gives_the_same_curves(monkeypatch, code, q, workers):
+    def run():
+        return simulate.curves(
+            jax.random.key(13),
+            code,
+            q,
+            workers,
+            3072,
+            gram=np.diag(ENERGIES),
+            response_time=latency.Exponential(1.0),
+            deadlines=np.linspace(0.0, 1.5, 7),
+        )
+
+    one_pass = run()
+    monkeypatch.setattr(simulate, "BLOCK_DECODING_TRIALS", 1)
+    assert simulate._row_model(code, fields.get_field(q), workers, 3072).blocks
+    by_blocks = run()
+    for name in ("decoded", "by_arrivals", "by_deadline"):
+        first, second = getattr(one_pass, name), getattr(by_blocks, name)
+        np.testing.assert_array_equal(first.mean, second.mean)
+        np.testing.assert_array_equal(first.standard_error, second.standard_error)
+
+
 def test_new_gamma_and_key_do_not_recompile():
     sizes_before = simulate._chunk._cache_size()
     for seed, gamma in enumerate([(0.4, 0.35, 0.25), (0.1, 0.1, 0.8)]):
