@@ -8,7 +8,7 @@ costs what.
 
 from __future__ import annotations
 
-from report import _percent, _seconds
+from report import _difference, _percent, _seconds
 
 __all__ = ["MEMORY_FLAT_TOLERANCE", "POINT_SECONDS", "RANK_RATIO", "targets"]
 
@@ -167,7 +167,7 @@ def _point_note(results: dict, point: dict, last: dict) -> str:
             breakdown["draw_and_decode_cpu_per_trial"]
             - breakdown["decode_cpu_per_trial"]
         )
-        parts.append(f"drawing keys and rows: {_seconds(draw)} CPU a trial")
+        parts.append(f"drawing keys and rows: {_difference(draw)} CPU a trial")
     cpus = results["meta"].get("cpus") or 1
     parts.append(
         f"with all {cpus} CPUs free it would still take at least "

@@ -519,3 +519,11 @@ def test_decoding_by_blocks_agrees_with_one_pass_on_many_trials(q):
     one_pass = decode._recovery_index_jit(jnp.asarray(matrices), field)
     assert (np.asarray(one_pass) == 31).any()
     np.testing.assert_array_equal(np.asarray(by_blocks), np.asarray(one_pass))
+
+
+@pytest.mark.parametrize("q", [256, 2**31 - 1, "real"])
+def test_decoding_by_blocks_without_arrivals(q):
+    field = get_field(q)
+    empty = jnp.zeros((4, 0, 9), field.dtype)
+    index = decode._recovery_index_jit(empty, field, (3, 3, 3))
+    np.testing.assert_array_equal(np.asarray(index), np.ones((4, 9), np.int32))

@@ -27,6 +27,8 @@ and :data:`~uepjax.fields.REAL_PIVOT_THRESHOLD`.
 Each arrival costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
 ``GF(2)``). A trial with full rank needs no more arrivals: once few trials of a large
 batch lack it the pass goes on with only those, and it stops when none is left.
+Rows that each lie in one block of unknowns (NOW windows) are decoded block by block
+(:func:`_recovery_by_blocks`, used by :mod:`uepjax.simulate`).
 
 Example:
     >>> import jax.numpy as jnp
@@ -353,7 +355,8 @@ def _recovery_index_jit(
     # transposing every trial's rows to arrival-major first.
     rows = coefficients.reshape((math.prod(batch_shape), arrivals, unknowns))
     # GF(2) packs all K coordinates in a word, and blocks made it slower.
-    if blocks is not None and len(blocks) > 1 and field.kind is not FieldKind.BINARY:
+    by_blocks = blocks is not None and len(blocks) > 1 and arrivals > 0
+    if by_blocks and field.kind is not FieldKind.BINARY:
         index = _recovery_by_blocks(rows, field, blocks)
     else:
         index = _recovery_flat(rows, field)

@@ -83,8 +83,8 @@ BLOCK_DECODING_TRIALS = 2**20
 uncoded and repetition schemes) block by block (`codes.RowModel.blocks`); smaller
 calls share the one-pass program of EW. The block decoder needs a program of its
 own, whose compile (about 3 s on a 2-core CPU) outweighs what it saves below about
-10^6 trials: it decodes NOW 2.2 times as fast over GF(2^31 - 1) and 1.7 times over
-GF(2^8) (`python benchmarks/run.py --only decode`)."""
+10^6 trials: it decodes NOW 1.8 to 2.2 times as fast over GF(2^31 - 1) and 1.6 times
+over GF(2^8) (`python benchmarks/run.py --only decode`)."""
 
 _UNROLLED_SUM = 32
 
