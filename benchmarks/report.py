@@ -269,6 +269,15 @@ def _decode_baselines(results: dict) -> list[str]:
     return _table(header, rows)
 
 
+def _point_label(point: dict) -> str:
+    """A point's field, with its code where it is not EW and its devices."""
+    label = point["field"]
+    if point.get("scheme", "ew") != "ew":
+        label += f", {point['scheme'].upper()} code"
+    devices = point.get("devices", 1)
+    return label if devices == 1 else f"{label} on {devices} XLA devices"
+
+
 def _difference(seconds: float | None) -> str:
     """A per-trial time found as a difference of two timings; n/a below zero."""
     if seconds is not None and seconds < 0:
@@ -391,17 +400,12 @@ def _end_to_end(results: dict) -> list[str]:
     rows = []
     for point in results.get("point", []):
         if "error" in point:
-            rows.append([point["field"], "failed", point["error"], *[""] * 5])
+            rows.append([_point_label(point), "failed", point["error"], *[""] * 5])
             continue
         for run in point["runs"]:
             rows.append(
                 [
-                    point["field"]
-                    + (
-                        ""
-                        if point.get("devices", 1) == 1
-                        else f" ({point['devices']} devices)"
-                    ),
+                    _point_label(point),
                     f"{run['trials']:,}",
                     _seconds(run["seconds"]),
                     _seconds(run["cpu_seconds"]),
@@ -427,7 +431,7 @@ def _end_to_end(results: dict) -> list[str]:
         rows,
     )
     compiles = [
-        f"{p['field']}: {_seconds(p['compile_seconds'])}, peak RSS after it "
+        f"{_point_label(p)}: {_seconds(p['compile_seconds'])}, peak RSS after it "
         f"{p['warm_peak_rss_mib']:.0f} MiB"
         for p in results.get("point", [])
         if "compile_seconds" in p
@@ -463,6 +467,7 @@ def _end_to_end(results: dict) -> list[str]:
                     point["field"] == b["field"]
                     and point.get("runs")
                     and point.get("devices", 1) == 1
+                    and point.get("scheme", "ew") == "ew"
                 ):
                     run = point["runs"][-1]
                     whole = run["cpu_seconds"] / run["trials"]
@@ -670,12 +675,7 @@ def plot_scaling(results: dict, path: Path) -> None:
                 [r["trials"] for r in runs],
                 [r["peak_rss_mib"] for r in runs],
                 marker="o",
-                label=f"{point['field']} peak RSS"
-                + (
-                    ""
-                    if point.get("devices", 1) == 1
-                    else f" ({point['devices']} devices)"
-                ),
+                label=f"{_point_label(point)} peak RSS",
             )
     axis.set_xlabel("trials of a paper point (uepjax.simulate.curves)")
     axis.set_ylabel("peak memory (MiB)")

@@ -73,6 +73,7 @@ PROFILES = {
         scaling_subproducts_workers=30,
         scaling_workers=(30,),
         point_fields=(256,),
+        point_now_fields=(),
         point_multi_device_fields=(),
         point_trials=(1024, 2048),
         chunk_size=1024,
@@ -127,7 +128,12 @@ def _point_child(spec: dict) -> dict:
             sweep.PaperMatrices("cxr", key_cxr, experiment.matrices).gram,
         ]
     )
-    code = codes.ew(experiment.code.class_sizes, experiment.code.gamma)
+    scheme = spec.get("scheme", "ew")
+    code = codes.make_code(scheme, experiment.code.class_sizes, experiment.code.gamma)
+    if scheme == "now":
+        # Every call decodes class by class, as one of 10^6 trials does, so that
+        # the warm-up compiles the program that the timed calls run.
+        simulate.BLOCK_DECODING_TRIALS = 1
     arguments = dict(
         gram=grams,
         response_time=experiment.workers.model(),
@@ -142,6 +148,7 @@ def _point_child(spec: dict) -> dict:
     jax.block_until_ready(warm.by_deadline.mean)
     record = dict(
         field=suite.field_label(field),
+        scheme=scheme,
         compile_seconds=time.perf_counter() - started,
         warm_peak_rss_mib=suite.peak_rss_mib(),
         deadlines=len(arguments["deadlines"]),
@@ -201,7 +208,8 @@ def points(
     import jax
 
     found, skipped = [], []
-    runs = [(q, None) for q in profile.point_fields]
+    runs = [(q, None, "ew") for q in profile.point_fields]
+    runs += [(q, None, "now") for q in profile.point_now_fields]
     cores = os.cpu_count() or 1
     if jax.default_backend() == "cpu" and cores > 1:
         # The engine splits each chunk over the local devices; on a CPU, XLA makes
@@ -211,14 +219,18 @@ def points(
             os.environ,
             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={cores}",
         )
-        runs += [(q, env) for q in profile.point_multi_device_fields]
-    for q, env in runs:
+        runs += [(q, env, "ew") for q in profile.point_multi_device_fields]
+    for q, env, scheme in runs:
         label = suite.field_label(q) + ("" if env is None else f", {cores} devices")
+        label += ", NOW" if scheme == "now" else ""
         if time_left() <= 0:
             skipped.append(f"the paper's point over {label}")
             continue
         spec = dict(
-            field=q, trials=list(profile.point_trials), chunk_size=profile.chunk_size
+            field=q,
+            scheme=scheme,
+            trials=list(profile.point_trials),
+            chunk_size=profile.chunk_size,
         )
         timeout = min(3600.0, max(60.0, time_left() + 60.0))
         say(f"  {label}: {', '.join(map(str, profile.point_trials))} trials")

@@ -95,6 +95,8 @@ class Profile:
         point_fields: the fields of the end-to-end paper point.
         point_trials: increasing trial counts run by one process per field; the
             last one is the end-to-end point, all of them show peak memory.
+        point_now_fields: fields whose point runs once more with the NOW code,
+            decoded class by class as in calls of 10^6 trials.
         point_multi_device_fields: fields whose point runs once more with one XLA
             device per CPU core (on a CPU backend), over which the engine splits
             each chunk.
@@ -130,6 +132,7 @@ class Profile:
     scaling_workers: tuple = (15, 30, 64, 128, 256)
     point_fields: tuple = (LARGE_PRIME, 256, 2)
     point_trials: tuple = (10_000, 100_000, 1_000_000)
+    point_now_fields: tuple = (LARGE_PRIME, 256)
     point_multi_device_fields: tuple = (LARGE_PRIME, 256, 2)
     chunk_size: int = simulate.DEFAULT_CHUNK
     main_job_trials: int | None = None

@@ -8,7 +8,7 @@ costs what.
 
 from __future__ import annotations
 
-from report import _difference, _percent, _seconds
+from report import _difference, _percent, _point_label, _seconds
 
 __all__ = ["MEMORY_FLAT_TOLERANCE", "POINT_SECONDS", "RANK_RATIO", "targets"]
 
@@ -154,13 +154,16 @@ def _point_note(results: dict, point: dict, last: dict) -> str:
     """What bounds a point: decoding at the limit, drawing rows, all cores busy."""
     parts = []
     limit = results["limits"].get(point["field"], {}).get("rate")
+    if point.get("scheme", "ew") != "ew":
+        # The figures below are those of EW's one-pass decoder.
+        limit = None
     if limit:
         operations = 2 * 9 * 9 * 30 * last["trials"]
         parts.append(
             f"decoding alone at the elementwise limit: {_seconds(operations / limit)}"
         )
     breakdown = _find(results.get("breakdown", []), field=point["field"])
-    if point.get("devices", 1) != 1:
+    if point.get("devices", 1) != 1 or limit is None:
         breakdown = None
     if breakdown and breakdown.get("decode_cpu_per_trial") is not None:
         draw = (
@@ -183,7 +186,7 @@ def _point_targets(results: dict) -> list[dict]:
         if not runs:
             found.append(
                 _target(
-                    f"paper point, {point['field']}",
+                    f"paper point, {_point_label(point)}",
                     "",
                     "failed",
                     None,
@@ -193,12 +196,10 @@ def _point_targets(results: dict) -> list[dict]:
             continue
         last = runs[-1]
         complete = last["trials"] >= 10**6
-        devices = point.get("devices", 1)
-        where = "" if devices == 1 else f" on {devices} XLA devices"
         found.append(
             _target(
                 f"a {last['trials']:,}-trial point of the paper's setting, "
-                f"{point['field']}{where}, all {point.get('deadlines', 81)} "
+                f"{_point_label(point)}, all {point.get('deadlines', 81)} "
                 "deadlines",
                 f"< {POINT_SECONDS:g} s"
                 + ("" if complete else " at 10^6 trials (not run here)"),
@@ -216,7 +217,7 @@ def _point_targets(results: dict) -> list[dict]:
         growth = (last["peak_rss_mib"] - base) / base
         found.append(
             _target(
-                f"peak memory flat in the number of trials, {point['field']}{where}",
+                f"peak memory flat in the number of trials, {_point_label(point)}",
                 f"grows <= {MEMORY_FLAT_TOLERANCE:.0%} from {first['trials']:,} to "
                 f"{last['trials']:,} trials",
                 f"{base:.0f} -> {last['peak_rss_mib']:.0f} MiB ({growth:+.1%})",
