@@ -153,17 +153,16 @@ def _limit_targets(results: dict) -> list[dict]:
 def _point_note(results: dict, point: dict, last: dict) -> str:
     """What bounds a point: decoding at the limit, drawing rows, all cores busy."""
     parts = []
+    # The limit and the per-trial breakdown are those of EW's one-pass decoder.
+    one_pass = point.get("scheme", "ew") == "ew"
     limit = results["limits"].get(point["field"], {}).get("rate")
-    if point.get("scheme", "ew") != "ew":
-        # The figures below are those of EW's one-pass decoder.
-        limit = None
-    if limit:
+    if limit and one_pass:
         operations = 2 * 9 * 9 * 30 * last["trials"]
         parts.append(
             f"decoding alone at the elementwise limit: {_seconds(operations / limit)}"
         )
     breakdown = _find(results.get("breakdown", []), field=point["field"])
-    if point.get("devices", 1) != 1 or limit is None:
+    if point.get("devices", 1) != 1 or not one_pass:
         breakdown = None
     if breakdown and breakdown.get("decode_cpu_per_trial") is not None:
         draw = (
