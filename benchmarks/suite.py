@@ -12,10 +12,10 @@ Operation counts (``useful operations``) are field multiply-subtracts:
 * Forward elimination of an ``R x C`` matrix (``uepjax.fields.rank`` over the other
   finite fields, ``R >= C``): step ``c`` updates the ``R (C - c)`` entries of the
   columns not yet eliminated: ``R C (C + 1) / 2``.
-* Progressive decoding of ``W`` arrivals with ``K`` unknowns: per arrival a product
+* Progressive decoding of ``W`` arrivals with ``K`` unknowns: per row read a product
   of the row with the ``K x K`` null-space basis and an update of the basis,
-  ``2 K^2``, times the number of arrivals the batch actually processed (the decoder
-  stops once every trial of the batch has full rank).
+  ``2 K^2``, times the rows the batch actually read (a trial skips rows inside its
+  recovered set and stops when none is left; see :func:`rows_per_trial`).
 """
 
 from __future__ import annotations
@@ -396,20 +396,22 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
 # Decoding throughput against the baselines.
 
 
-def arrivals_per_trial(index: np.ndarray, workers: int) -> float:
-    """Arrivals the progressive decoder processed, per trial of this batch.
+def rows_per_trial(rows: np.ndarray, index: np.ndarray) -> float:
+    """Rows the progressive decoder inserted, per trial of this batch.
 
-    It mirrors the pass of `uepjax.decode`: a stage runs until its trials without
-    full rank fit the next stage (the last one until none is left or all arrivals
-    are in), and each arrival of a stage costs one insert for each of its trials.
+    It mirrors the pass of `uepjax.decode`: a trial reads, one a step, the rows
+    whose support is not inside the set it has recovered; a stage runs until its
+    unfinished trials fit the next stage (the last one until none is left), and
+    each step costs one insert for each trial of the stage.
     """
-    batch = index.shape[0]
-    full_rank_at = np.minimum(index.max(axis=-1), workers)
+    batch, arrivals, _ = rows.shape
+    recovered_before = index[:, None, :] <= np.arange(arrivals)[None, :, None]
+    read = np.any((rows != 0) & ~recovered_before, axis=-1).sum(axis=1)
     sizes = decode._stage_sizes(batch) + [0]
     start, steps = 0, 0
     for size, following in zip(sizes[:-1], sizes[1:], strict=True):
         end = start
-        while end < workers and np.sum(full_rank_at > end) > following:
+        while np.sum(read > end) > following:
             end += 1
         steps += (end - start) * size
         start = end
@@ -443,16 +445,16 @@ def decode_case(
     timings = interleaved(rivals, profile.repeats)
     index = np.asarray(decode.recovery_index(rows, field))
     recovered = index <= workers
-    arrivals = arrivals_per_trial(index, workers)
+    read = rows_per_trial(np.asarray(rows), index)
     record.update(
-        arrivals_per_trial=arrivals,
+        rows_per_trial=read,
         recovered_fraction=float(recovered.mean()),
         progressive=_timing(timings["progressive"], trials),
         memory_bytes=compiled_bytes(
             profile, decode._recovery_index_jit, rows, field=field
         ),
     )
-    operations = 2 * subproducts**2 * arrivals * trials
+    operations = 2 * subproducts**2 * read * trials
     record["useful_per_second"] = operations / timings["progressive"].wall
     record["limit_rate"] = _limit_rate(kernels, label, timings)
     record["fraction_of_limit"] = record["useful_per_second"] / record["limit_rate"]

@@ -85,8 +85,8 @@ def _prefix_targets(results: dict) -> list[dict]:
         if (row["subproducts"], row["workers"]) != (9, 30):
             continue
         k, w = row["subproducts"], row["workers"]
-        arrivals = row["arrivals_per_trial"]
-        progressive = round(2 * k * k * arrivals)
+        read = row["rows_per_trial"]
+        progressive = round(2 * k * k * read)
         plain = w * k * k
         efficiency = row["fraction_of_limit"] / row["plain_fraction_of_limit"]
         found.append(
@@ -96,7 +96,7 @@ def _prefix_targets(results: dict) -> list[dict]:
                 f">= {PREFIX_RATIO}x faster",
                 f"{row['speedup_plain']:.2f}x",
                 row["speedup_plain"] >= PREFIX_RATIO,
-                f"{arrivals:.3g} of {w} arrivals processed a trial; the progressive "
+                f"{read:.3g} of {w} rows read a trial; the progressive "
                 f"decoder does {progressive} multiply-subtracts a trial, the plain "
                 f"elimination {plain}, so {PREFIX_RATIO}x needs "
                 f"{PREFIX_RATIO * progressive / plain:.3g}x its efficiency; measured "

@@ -24,10 +24,11 @@ coefficients stay exact zeros, so recoveries implied by the support pattern (NOW
 and EW windows) do not hinge on rounding; see :data:`~uepjax.fields.REAL_TOLERANCE`
 and :data:`~uepjax.fields.REAL_PIVOT_THRESHOLD`.
 
-Each arrival costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
-``GF(2)``). A trial with full rank needs no more arrivals: once few trials of a large
-batch lack it the pass goes on with only those, and it stops when none is left.
-Rows that each lie in one block of unknowns (NOW windows) are decoded block by block
+Each row read costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
+``GF(2)``). A row whose support lies in the recovered set is in the row space, so a
+trial reads only its other rows and is done when none is left; once few trials of a
+large batch are left the pass goes on with only those. Rows that each lie in one
+block of unknowns (NOW windows) are decoded block by block
 (:func:`_recovery_by_blocks`, used by :mod:`uepjax.simulate`).
 
 Example:
@@ -70,7 +71,7 @@ __all__ = ["recovered_after_arrivals", "recovery_index"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
-# (basis, row) -> (basis, row was independent [batch], recovered [batch, K])
+# (basis, row [batch, ...]) -> (basis, recovered [batch, K])
 _Insert = Callable[[Any, jax.Array], tuple[Any, ...]]
 
 
@@ -92,77 +93,94 @@ def _stage_sizes(batch: int) -> list[int]:
 
 def _progressive(
     rows: jax.Array,
+    support: jax.Array,
     basis: Any,
     insert: _Insert,
     unknowns: int,
-    arrival_axis: int = 1,
-    available: jax.Array | None = None,
 ) -> jax.Array:
-    """One pass over ``rows [batch, arrivals, ...]`` (``[arrivals, batch, ...]``
-    with ``arrival_axis=0``); returns ``[batch, K]`` indices.
+    """One pass over ``rows [batch, arrivals, ...]``; returns ``[batch, K]``
+    indices.
 
-    ``available [batch]``, if given, counts the leading rows of each trial that
-    can change it (the rest are zero): a trial is done once they are all in.
+    ``support [batch, arrivals, K] bool`` marks each row's nonzero coordinates. A
+    row whose support lies in the recovered set is in the row space (it is a
+    combination of recovered ``e_k``) and changes nothing, so each trial reads
+    only its other rows, in arrival order, and is done when none is left. With
+    random coefficients the rows read are almost all independent: a trial of the
+    paper's EW code (K = 9, W = 30) reads 9.0 of its 30 rows on average over
+    GF(2^8) and 10.0 over GF(2) (``python benchmarks/run.py --only decode``).
 
-    A trial with full rank has recovered everything, so once few trials lack it
-    the pass goes on with only those: it runs in stages (:func:`_stage_sizes`),
-    and a stage ends when its unfinished trials fit the next one, which gathers
-    their bases and reads their rows by trial. With the paper's EW code (K = 9,
-    W = 30) three quarters of the trials reach full rank within 15 of the 30
-    arrivals, and the pass does 18.8 inserts a trial instead of 30
-    (``python benchmarks/run.py --only decode``).
+    Trials run side by side, one row each per step, in stages
+    (:func:`_stage_sizes`): once the unfinished trials fit the next stage, it
+    gathers their bases and goes on with only those.
     """
-    arrivals, batch = rows.shape[arrival_axis], rows.shape[1 - arrival_axis]
+    batch, arrivals = rows.shape[:2]
     never = arrivals + 1
+    flat_rows = rows.reshape((batch * arrivals,) + rows.shape[2:])
+    # rows_with[b, k]: bit n (of word n // 32) marks that row n has k in its support.
+    rows_with = _pack_bits(jnp.swapaxes(support, 1, 2).astype(jnp.uint32))
+    word_starts = 32 * jnp.arange(rows_with.shape[-1], dtype=jnp.int32)
+
+    def next_row(rows_with, start, recovered):
+        # The first row at or after `start` with support outside the recovered set.
+        unrecovered = jnp.where(recovered[..., None], np.uint32(0), rows_with)
+        fresh = jnp.bitwise_or.reduce(unrecovered, axis=1)  # [batch, words]
+        skip = jnp.clip(start[:, None] - word_starts, 0, 32)
+        kept = jnp.where(
+            skip < 32, np.uint32(0xFFFFFFFF) << jnp.minimum(skip, 31), np.uint32(0)
+        )
+        fresh = fresh & kept.astype(jnp.uint32)
+        lowest = fresh & (~fresh + np.uint32(1))
+        position = word_starts + 31 - lax.clz(lowest).astype(jnp.int32)
+        return jnp.min(jnp.where(fresh != 0, position, arrivals), axis=-1)
+
     sizes = _stage_sizes(batch)
     index = jnp.full((batch, unknowns), never, jnp.int32)
     trial = jnp.arange(batch, dtype=jnp.int32)
-    if available is None:
-        available = jnp.full((batch,), arrivals, jnp.int32)
-    # A trial is unfinished while it lacks full rank and has rows to come; the
-    # padding entries of a compacted stage have none (`available` 0).
-    state = (jnp.int32(0), basis, jnp.zeros((batch,), jnp.int32), index, available)
+    recovered = jnp.zeros((batch, unknowns), bool)
+    upcoming = next_row(rows_with, jnp.zeros((batch,), jnp.int32), recovered)
+    state = (basis, index, upcoming, recovered)
     for stage, size in enumerate(sizes):
         following = sizes[stage + 1] if stage + 1 < len(sizes) else 0
 
         def more(state, following=following):
-            n, _, rank, _, available = state
-            unfinished = jnp.sum((rank < unknowns) & (n < available))
-            return (n < arrivals) & (unfinished > following)
+            return jnp.sum(state[2] < arrivals) > following
 
-        def arrive(state, trial=trial, compacted=stage > 0):
-            n, basis, rank, index, available = state
-            row = lax.dynamic_index_in_dim(rows, n, arrival_axis, keepdims=False)
-            if compacted:
-                row = row[jnp.minimum(trial, batch - 1)]
-            basis, independent, recovered = insert(basis, row)
-            rank = rank + independent.astype(jnp.int32)
-            index = jnp.where(recovered & (index == never), n + 1, index)
-            return n + 1, basis, rank, index, available
+        def arrive(state, trial=trial, rows_with=rows_with):
+            basis, index, upcoming, recovered = state
+            pending = upcoming < arrivals
+            # Padding entries of a compacted stage point past the batch.
+            source = jnp.minimum(trial, batch - 1) * arrivals
+            row = flat_rows[source + jnp.minimum(upcoming, arrivals - 1)]
+            pending = pending.reshape(pending.shape + (1,) * (row.ndim - 1))
+            row = jnp.where(pending, row, jnp.zeros((), row.dtype))
+            basis, recovered = insert(basis, row)
+            index = jnp.where(
+                recovered & (index == never), upcoming[:, None] + 1, index
+            )
+            upcoming = next_row(rows_with, upcoming + 1, recovered)
+            return basis, index, upcoming, recovered
 
         state = lax.while_loop(more, arrive, state)
-        n, basis, rank, stage_index, available = state
-        # Padding entries of a stage point past the batch and are dropped.
+        basis, stage_index, upcoming, recovered = state
         index = index.at[trial].set(stage_index, mode="drop")
         if not following:
             break
-        unfinished = (rank < unknowns) & (n < available)
-        (picked,) = jnp.nonzero(unfinished, size=following, fill_value=size)
+        (picked,) = jnp.nonzero(upcoming < arrivals, size=following, fill_value=size)
         valid = picked < size
         picked = jnp.minimum(picked, size - 1)
         trial = jnp.where(valid, trial[picked], batch)
         basis = jax.tree.map(lambda x, picked=picked: x[picked], basis)
-        available = jnp.where(valid, available[picked], 0)
-        state = (n, basis, rank[picked], stage_index[picked], available)
+        rows_with = rows_with[picked]
+        upcoming = jnp.where(valid, upcoming[picked], arrivals)
+        state = (basis, stage_index[picked], upcoming, recovered[picked])
     return index
 
 
-def _recovery_binary(
-    rows: jax.Array, unknowns: int, available: jax.Array | None
-) -> jax.Array:
+def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     """GF(2): null-space columns packed into words over the ``K`` coordinates."""
     batch = rows.shape[0]
-    packed_rows = _pack_bits(rows & np.uint32(1))  # [batch, arrivals, words]
+    bits = rows & np.uint32(1)
+    packed_rows = _pack_bits(bits)  # [batch, arrivals, words]
     identity = jnp.eye(unknowns, dtype=jnp.uint32)
     words = -(-unknowns // 32)
     basis = jnp.broadcast_to(_pack_bits(identity), (batch, unknowns, words))
@@ -171,19 +189,16 @@ def _recovery_binary(
         # basis [batch, K, words]: column i of N as words; row [batch, words].
         overlap = lax.population_count(basis & row[:, None, :])
         s = (jnp.sum(overlap, axis=-1) & np.uint32(1)) == 1  # [batch, K]
-        independent = jnp.any(s, axis=-1)
         j = jnp.argmax(s, axis=-1)
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=1)
         basis = basis ^ jnp.where(s[..., None], column_j, np.uint32(0))
         occupied = jnp.bitwise_or.reduce(basis, axis=1)  # [batch, words]
-        return basis, independent, ~_unpack_bits(occupied, unknowns)
+        return basis, ~_unpack_bits(occupied, unknowns)
 
-    return _progressive(packed_rows, basis, insert, unknowns, 1, available)
+    return _progressive(packed_rows, bits != 0, basis, insert, unknowns)
 
 
-def _recovery_finite(
-    rows: jax.Array, field: Field, available: jax.Array | None
-) -> jax.Array:
+def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     """GF(2^m), GF(p < 2^16): normalised update; larger GF(p): fraction-free."""
     batch, _, unknowns = rows.shape
     basis = jnp.broadcast_to(
@@ -219,18 +234,12 @@ def _recovery_finite(
                 basis = (basis + field.neg(ratio) * column_j) % np.uint32(p)
             else:
                 basis = basis ^ _raw_mul(field, ratio, column_j)
-        return basis, independent, ~jnp.any(basis != 0, axis=2)
+        return basis, ~jnp.any(basis != 0, axis=2)
 
-    if montgomery:
-        # Montgomery products vectorise; reading each arrival's rows as a strided
-        # slice of trial-major rows made the pass 15% slower than transposing the
-        # rows once. Table lookups gain as much the other way round.
-        rows = jnp.swapaxes(rows, 0, 1)
-        return _progressive(rows, basis, insert, unknowns, 0, available)
-    return _progressive(rows, basis, insert, unknowns, 1, available)
+    return _progressive(rows, rows != 0, basis, insert, unknowns)
 
 
-def _recovery_real(rows: jax.Array, available: jax.Array | None) -> jax.Array:
+def _recovery_real(rows: jax.Array) -> jax.Array:
     """Reals: a reduced row echelon basis, grown one row at a time."""
     batch, _, unknowns = rows.shape
     basis = jnp.zeros((batch, unknowns, unknowns), jnp.float32)
@@ -266,51 +275,22 @@ def _recovery_real(rows: jax.Array, available: jax.Array | None) -> jax.Array:
         free = jnp.where(pivots[:, None, :], 0.0, jnp.abs(basis))
         recovered = pivots & (jnp.max(free, axis=-1) <= REAL_TOLERANCE)
         basis = jnp.where(recovered[:, :, None], identity, basis)
-        return (basis, pivots), independent, recovered
+        return (basis, pivots), recovered
 
-    return _progressive(rows, (basis, pivots), insert, unknowns, 1, available)
+    return _progressive(rows, rows != 0, (basis, pivots), insert, unknowns)
 
 
-def _recovery_flat(
-    rows: jax.Array, field: Field, available: jax.Array | None = None
-) -> jax.Array:
-    """``[batch, arrivals, K]`` rows -> ``[batch, K]`` indices (see
-    :func:`_progressive` for ``available``)."""
+def _recovery_flat(rows: jax.Array, field: Field) -> jax.Array:
+    """``[batch, arrivals, K]`` rows -> ``[batch, K]`` indices."""
     arrivals, unknowns = rows.shape[1:]
     if arrivals == 0 or unknowns == 0:
         # Nothing arrives or nothing is unknown: every index is "never".
         return jnp.full(rows.shape[:1] + (unknowns,), arrivals + 1, jnp.int32)
     if field.kind is FieldKind.BINARY:
-        return _recovery_binary(rows, unknowns, available)
+        return _recovery_binary(rows, unknowns)
     if field.kind is FieldKind.REAL:
-        return _recovery_real(rows, available)
-    return _recovery_finite(rows, field, available)
-
-
-def _recovery_skipping_zeros(rows: jax.Array, field: Field) -> jax.Array:
-    """:func:`_recovery_flat` of rows with their zero rows moved last.
-
-    A zero row changes nothing, so each trial's nonzero rows are decoded first, in
-    arrival order, and a trial is done after its last one; indices are mapped back
-    to arrival counts.
-    """
-    batch, arrivals, _ = rows.shape
-    nonzero = jnp.any(rows != 0, axis=-1)
-    # A product with a triangular matrix counts the nonzero rows up to each
-    # arrival (exact in float32); a cumulative sum runs as a slow reduce-window on
-    # the CPU.
-    upper = np.triu(np.ones((arrivals, arrivals), np.float32))
-    through = jnp.dot(nonzero.astype(jnp.float32), upper, precision=_HIGHEST)
-    through = through.astype(jnp.int32)
-    # source[b, m]: the arrival of the (m + 1)-th nonzero row (`arrivals` if none).
-    slots = jnp.arange(arrivals, dtype=jnp.int32)
-    source = jnp.sum(through[:, None, :] <= slots[:, None], axis=2, dtype=jnp.int32)
-    last = jnp.minimum(source, arrivals - 1)
-    gathered = jnp.take_along_axis(rows, last[..., None], axis=1)
-    packed = jnp.where((source < arrivals)[..., None], gathered, 0).astype(rows.dtype)
-    index = _recovery_flat(packed, field, through[:, -1])
-    found = jnp.take_along_axis(source, jnp.minimum(index, arrivals) - 1, axis=1)
-    return jnp.where(index <= arrivals, found + 1, arrivals + 1)
+        return _recovery_real(rows)
+    return _recovery_finite(rows, field)
 
 
 def _recovery_by_blocks(
@@ -333,13 +313,7 @@ def _recovery_by_blocks(
         chosen = [b for b, block in enumerate(blocks) if block == size]
         part = jnp.stack([rows[:, :, starts[b] : starts[b] + size] for b in chosen], 2)
         part = jnp.moveaxis(part, 2, 1).reshape(batch * len(chosen), arrivals, size)
-        # Skipping the zero rows costs about what a GF(2^8) insert saves, and
-        # gains where inserts cost most: Montgomery products.
-        if _reduction(field) == "montgomery":
-            found = _recovery_skipping_zeros(part, field)
-        else:
-            found = _recovery_flat(part, field)
-        found = found.reshape(batch, len(chosen), size)
+        found = _recovery_flat(part, field).reshape(batch, len(chosen), size)
         for position, b in enumerate(chosen):
             index[b] = found[:, position]
     return jnp.concatenate(index, axis=1)
