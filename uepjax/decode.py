@@ -263,11 +263,13 @@ def _recovery_real(rows: jax.Array) -> jax.Array:
         pivot_value = jnp.where(independent[:, None], pivot_value, 1.0)
         # |new_row| <= 1 / REAL_PIVOT_THRESHOLD by the choice of the pivot.
         new_row = jnp.where(at_j, 1.0, reduced / pivot_value)
-        factors = jnp.take_along_axis(basis, j[:, None, None], axis=2)
-        updated = jnp.where(
-            at_j[:, None, :], 0.0, basis - factors * new_row[:, None, :]
-        )
-        basis = jnp.where(at_j[:, :, None], new_row[:, None, :], updated)
+        # One multiply-subtract per entry: row c loses factor c times the new row,
+        # which clears column j exactly (x - x * 1); row j, zero so far, gets the
+        # new row with the factor -1; a dependent row has all factors 0.
+        factors = jnp.take_along_axis(basis, j[:, None, None], axis=2)[..., 0]
+        factors = jnp.where(at_j, -1.0, factors)
+        factors = jnp.where(independent[:, None], factors, 0.0)
+        basis = basis - factors[:, :, None] * new_row[:, None, :]
         pivots = pivots | at_j
         # e_k is in the row space iff its pivot row vanishes outside the pivot
         # columns; rows found so are set to exactly e_k, so that their rounding
