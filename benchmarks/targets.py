@@ -214,6 +214,17 @@ def _point_targets(results: dict) -> list[dict]:
         if not per_run:
             base = max(point["warm_peak_rss_mib"], base)
         growth = (last["peak_rss_mib"] - base) / base
+        measured_how = (
+            "peak RSS during each run of a fresh process (the mark is reset "
+            "before each run)"
+            if per_run
+            else "peak RSS of a fresh process since it started, compilation included"
+        )
+        if point.get("malloc_arenas"):
+            measured_how += (
+                f", with {point['malloc_arenas']} glibc malloc arenas "
+                "(MALLOC_ARENA_MAX; see benchmarks/run.py)"
+            )
         found.append(
             _target(
                 f"peak memory flat in the number of trials, {_point_label(point)}",
@@ -221,11 +232,7 @@ def _point_targets(results: dict) -> list[dict]:
                 f"{last['trials']:,} trials",
                 f"{base:.0f} -> {last['peak_rss_mib']:.0f} MiB ({growth:+.1%})",
                 growth <= MEMORY_FLAT_TOLERANCE,
-                "peak RSS during each run of a fresh process (the mark is reset "
-                "before each run)"
-                if per_run
-                else "peak RSS of a fresh process since it started, compilation "
-                "included",
+                measured_how,
             )
         )
     return found

@@ -28,8 +28,9 @@ Each row read costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
 ``GF(2)``). A row whose support lies in the recovered set is in the row space, so a
 trial reads only its other rows and is done when none is left; once few trials of a
 large batch are left the pass goes on with only those. Rows that each lie in one
-block of unknowns (NOW windows) are decoded block by block
-(:func:`_recovery_by_blocks`, used by :mod:`uepjax.simulate`).
+block of unknowns (NOW windows) can be decoded block by block
+(:func:`_recovery_by_blocks`, used by :mod:`uepjax.simulate` where products cost
+most).
 
 Example:
     >>> import jax.numpy as jnp
@@ -328,7 +329,7 @@ def _blocks_pay(field: Field) -> bool:
     On NOW 9 x 30 rows (16,384 trials) blocks took 0.27-0.83 of one pass with
     Montgomery products (GF(p >= 2^16)) and 0.88 with exp/log tables
     (GF(2^m > 2^8)). One pass wins with 8-bit product tables, remainders of
-    GF(p < 2^16) and reals (blocks 1.4x as long: a trial reads at most 9 rows
+    GF(p < 2^16) and reals (blocks 1.4x as long: a trial reads about 9 rows
     either way, and each block pass has the per-step costs of a whole pass),
     and GF(2) packs all ``K`` coordinates in a word.
     """
@@ -343,8 +344,7 @@ def _recovery_index_jit(
 ) -> jax.Array:
     batch_shape = coefficients.shape[:-2]
     arrivals, unknowns = coefficients.shape[-2:]
-    # Trial-major rows: each arrival reads a strided slice, which is cheaper than
-    # transposing every trial's rows to arrival-major first.
+    # Trial-major rows: each step of the pass gathers one row per trial.
     rows = coefficients.reshape((math.prod(batch_shape), arrivals, unknowns))
     by_blocks = blocks is not None and len(blocks) > 1 and arrivals > 0
     if by_blocks and _blocks_pay(field):
