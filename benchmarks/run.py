@@ -148,9 +148,10 @@ def _point_child(spec: dict) -> dict:
     jax.block_until_ready(warm.by_deadline.mean)
     compile_seconds = time.perf_counter() - started
     warm_peak = suite.peak_rss_mib()
-    # Runs of many chunks reach a higher peak than a first run of one: a chunk's
-    # buffers are sometimes freed after the next chunk's are taken. The warm-up
-    # brings the process to that state, as it brings the program to compiled.
+    # Runs of many chunks peaked 23-90 MiB above a first run of one or two, in
+    # the same process, also with the chunks run one at a time: memory the
+    # allocator keeps. The warm-up brings the process to that level, as it
+    # brings the program to compiled.
     steady = simulate.curves(
         jax.random.key(2),
         code,

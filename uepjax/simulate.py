@@ -84,9 +84,9 @@ uncoded and repetition schemes) block by block (`codes.RowModel.blocks`), over t
 fields where that is faster (`decode._blocks_pay`); smaller calls share the
 one-pass program of EW. The block decoder is a program of its own, about 3 s to
 compile on a 2-core CPU, where 10^6 trials of the paper's NOW point over
-GF(2^31 - 1) took 2.3 s instead of 3.4 s (`python benchmarks/run.py --only point`).
-With fewer trials, a run of NOW and EW points would spend more on the second
-compile than it saves."""
+GF(2^31 - 1) took 2.3 s instead of 3.4 s (warm `curves` calls, this threshold set
+to 1 and to 10^12). With fewer trials, a run of NOW and EW points would spend more
+on the second compile than it saves."""
 
 _UNROLLED_SUM = 32
 
