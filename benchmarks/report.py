@@ -601,10 +601,10 @@ def render(results: dict) -> str:
             "",
             "Rows of the NOW code (same classes and gamma) lie each in one class, so "
             "the classes can be decoded apart, at `k_l^2` an insert instead of "
-            "`K^2`. The simulator does so (in calls of 10^6 trials or more) where "
-            "the last column says so: where products cost most. Elsewhere the "
-            "steps of a pass cost more than the smaller inserts save, and GF(2) "
-            "packs all `K` coordinates in a word.",
+            "`K^2`. The simulator does so in calls of 10^6 trials or more, over "
+            "every field but GF(2), whose packed words hold all `K` coordinates "
+            "(last column). The gain depends on the batch, so the rows here are "
+            "batches of the simulator's chunk.",
             "",
         ]
         lines += _now_blocks(results)

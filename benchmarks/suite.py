@@ -536,7 +536,7 @@ def decoding(
     return rows, skipped
 
 
-# The block decoder itself: `decode._recovery_index_jit` uses it only where it pays.
+# The block decoder itself: `decode._recovery_index_jit` skips it over GF(2).
 _by_blocks = jax.jit(decode._recovery_by_blocks, static_argnames=("field", "blocks"))
 
 
@@ -544,7 +544,8 @@ def _now_case(profile: Profile, q, subproducts: int, workers: int) -> dict:
     """NOW rows decoded block by block against one pass, for one field."""
     field = fields.get_field(q)
     blocks = class_sizes(subproducts)
-    trials = profile.decode_trials(subproducts, workers)
+    # Batches of the simulator's chunk: which decoder is faster depends on it.
+    trials = profile.chunk_size
     rows = draw_rows(field, subproducts, workers, trials, scheme="now")
     jax.block_until_ready(rows)
     rivals = {

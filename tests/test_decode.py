@@ -522,8 +522,8 @@ def _block_matrices(q, trials, arrivals, blocks, seed):
     return np.stack(matrices).astype(np.uint32)
 
 
-# The block decoder is called directly: `_recovery_index_jit` uses it only for the
-# fields where it is the faster one (`decode._blocks_pay`).
+# The block decoder is called directly: `_recovery_index_jit` uses it only where it
+# is the faster one (`decode._blocks_pay`), which leaves GF(2) out.
 _by_blocks = jax.jit(decode._recovery_by_blocks, static_argnames=("field", "blocks"))
 
 

@@ -225,8 +225,9 @@ def test_results_do_not_depend_on_the_chunk_size():
     "code, q, workers",
     [
         (codes.now((2, 3, 4), GAMMA), 2**31 - 1, WORKERS),
-        (codes.now(SIZES, GAMMA), 2**16, WORKERS),
-        (codes.repetition(9, 2), 65537, 18),
+        (codes.now(SIZES, GAMMA), 256, WORKERS),
+        (codes.now(SIZES, GAMMA), "real", WORKERS),
+        (codes.repetition(9, 2), 65521, 18),
     ],
 )
 def test_decoding_by_blocks_gives_the_same_curves(monkeypatch, code, q, workers):

@@ -29,8 +29,7 @@ Each row read costs ``O(K^2)`` vectorised work (``O(K)`` word operations over
 trial reads only its other rows and is done when none is left; once few trials of a
 large batch are left the pass goes on with only those. Rows that each lie in one
 block of unknowns (NOW windows) can be decoded block by block
-(:func:`_recovery_by_blocks`, used by :mod:`uepjax.simulate` where products cost
-most).
+(:func:`_recovery_by_blocks`, used by :mod:`uepjax.simulate`).
 
 Example:
     >>> import jax.numpy as jnp
@@ -63,7 +62,6 @@ from uepjax.fields import (
     _pack_bits,
     _raw_mul,
     _reduction,
-    _tables,
     _to_operand,
     _unpack_bits,
     get_field,
@@ -325,18 +323,16 @@ def _recovery_by_blocks(
 
 
 def _blocks_pay(field: Field) -> bool:
-    """Whether decoding block by block beats one pass: where products cost most.
+    """Whether decoding block by block beats one pass: over every field but GF(2),
+    whose packed words hold all ``K`` coordinates at once.
 
-    On NOW 9 x 30 rows (16,384 trials) blocks took 0.27-0.83 of one pass with
-    Montgomery products (GF(p >= 2^16)) and 0.88 with exp/log tables
-    (GF(2^m > 2^8)). One pass wins with 8-bit product tables, remainders of
-    GF(p < 2^16) and reals (blocks 1.4x as long: a trial reads about 9 rows
-    either way, and each block pass has the per-step costs of a whole pass),
-    and GF(2) packs all ``K`` coordinates in a word.
+    The gain depends on the batch. On NOW 9 x 30 rows in batches of 8,192 trials
+    (the simulator's default chunk) blocks took 0.44-0.81 of one pass over GF(2^8),
+    GF(65521), GF(2^31 - 1) and the reals, and the paper's NOW point over GF(2^8)
+    took 3.3-3.7 s by blocks against 4.6-4.9 s in one pass. In batches of 16,384
+    one pass was the faster over GF(2^8) and the reals (blocks 1.4x as long).
     """
-    if field.kind is FieldKind.EXTENSION:
-        return _tables(field.degree).product is None
-    return _reduction(field) == "montgomery"
+    return field.kind is not FieldKind.BINARY
 
 
 @functools.partial(jax.jit, static_argnames=("field", "blocks"))

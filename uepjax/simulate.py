@@ -80,8 +80,8 @@ DEFAULT_CHUNK = 8 * BLOCK_TRIALS
 
 BLOCK_DECODING_TRIALS = 10**6
 """Calls of at least this many trials decode NOW rows (and the unit rows of the
-uncoded and repetition schemes) block by block (`codes.RowModel.blocks`), over the
-fields where that is faster (`decode._blocks_pay`); smaller calls share the
+uncoded and repetition schemes) block by block (`codes.RowModel.blocks`), over
+every field but GF(2) (`decode._blocks_pay`); smaller calls share the
 one-pass program of EW. The block decoder is a program of its own, about 3 s to
 compile on a 2-core CPU, where 10^6 trials of the paper's NOW point over
 GF(2^31 - 1) took 2.3 s instead of 3.4 s (warm `curves` calls, this threshold set
