@@ -54,7 +54,8 @@ def test_external_subcommands_get_the_rest_of_the_line(monkeypatch):
         parser.add_argument("config")
         parser.add_argument("--out", required=True)
 
-    def run(args):
+    def run(args, say):
+        assert say is cli.say
         seen.update(vars(args))
         return 0
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from uepjax import config, datasets, nn, train
+from uepjax import cli, config, datasets, nn, train
 
 EPOCHS = 3
 EVAL_EVERY = 11
@@ -236,7 +236,7 @@ def test_cli_writes_accuracy_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--scheme", "centralized", "--epochs", str(EPOCHS), "--seed", "0"]
     argv += ["--eval-every", str(EVAL_EVERY), "--learning-rate", str(LEARNING_RATE)]
-    assert train.run(_parse(argv + ["--out", str(out)])) == 0
+    assert train.run(_parse(argv + ["--out", str(out)]), cli.say) == 0
     rows = _rows(out / "accuracy.csv")
     assert {"iteration", "accuracy"} <= set(rows[0])
     assert [int(r["iteration"]) for r in rows] == list(range(0, 67, 11))
@@ -258,18 +258,20 @@ def test_cli_writes_accuracy_csv_and_plot(tmp_path, capsys):
 )
 def test_bad_arguments_get_a_clear_error(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
-        train.run(_parse(argv + ["--out", str(tmp_path)]))
+        train.run(_parse(argv + ["--out", str(tmp_path)]), cli.say)
 
 
 def test_a_missing_data_file_and_a_partition_that_does_not_fit(tmp_path):
     argv = ["--dataset", "mnist", "--data-dir", str(tmp_path)]
     argv += ["--out", str(tmp_path / "x")]
     with pytest.raises(datasets.DatasetError, match="train-images-idx3-ubyte"):
-        train.run(_parse(argv))
+        train.run(_parse(argv), cli.say)
     # A batch of 2 cannot be cut into N = 3 row blocks for G V^T (eq. 26).
     argv = ["--scheme", "ew", "--partition", "rxc", "--batch-size", "2"]
     with pytest.raises(ValueError, match=r"G V\^T \(eq\. 26\).*N=3"):
-        train.run(_parse(argv + ["--epochs", "1", "--out", str(tmp_path / "o")]))
+        train.run(
+            _parse(argv + ["--epochs", "1", "--out", str(tmp_path / "o")]), cli.say
+        )
 
 
 def test_the_comparison_sweep_config_is_valid():

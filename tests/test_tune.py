@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from uepjax import codes, latency, partition, simulate, theory, tune
+from uepjax import cli, codes, latency, partition, simulate, theory, tune
 
 SIZES = (3, 3, 3)
 PAPER = (0.40, 0.35, 0.25)
@@ -477,7 +477,8 @@ def test_tune_job_writes_its_files_and_confirms_the_model(tmp_path):
     parser = argparse.ArgumentParser()
     tune_report.add_arguments(parser)
     out = tmp_path / "out"
-    assert tune_report.run(parser.parse_args([str(path), "--out", str(out)])) == 0
+    arguments = parser.parse_args([str(path), "--out", str(out)])
+    assert tune_report.run(arguments, cli.say) == 0
     assert {p.name for p in out.iterdir()} == {
         "tune.csv",
         "tune_curves.csv",

@@ -20,7 +20,8 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "sweep_crossovers"]
 
 # The subcommands that live in their own modules, imported only when they run. Each
-# module has `add_arguments(parser)` and `run(args) -> int`.
+# module has `add_arguments(parser)` and `run(args, say) -> int`; `say` (below) is
+# how they print.
 EXTERNAL = {
     "tune": (
         ("uepjax.tune_report", "uepjax.tune"),
@@ -246,6 +247,11 @@ def _plot(args) -> int:
     return 0
 
 
+def say(message: str, error: bool = False) -> None:
+    """Prints one message of a subcommand, to stderr if `error`, else to stdout."""
+    print(message, file=sys.stderr if error else sys.stdout, flush=True)
+
+
 def _external(command: str, extra: list[str]) -> int:
     """Runs a subcommand whose module is imported only now."""
     candidates, _ = EXTERNAL[command]
@@ -269,7 +275,7 @@ def _external(command: str, extra: list[str]) -> int:
         return 2
     parser = argparse.ArgumentParser(prog=f"uepjax {command}")
     module.add_arguments(parser)
-    return module.run(parser.parse_args(extra))
+    return module.run(parser.parse_args(extra), say)
 
 
 def build_parser() -> argparse.ArgumentParser:

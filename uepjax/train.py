@@ -1193,23 +1193,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     """Runs `uepjax train` from parsed arguments; returns the exit status.
+
+    `say` prints a line (the CLI's `uepjax.cli.say`); `--quiet` silences it.
 
     Raises:
         ValueError: for bad arguments (the CLI prints the message and exits with
             status 2), including `datasets.DatasetError` and `config.ConfigError`.
     """
 
-    def say(message: str) -> None:
+    def show(message: str) -> None:
         if not args.quiet:
-            print(message, flush=True)
+            say(message)
 
     started = time.perf_counter()
     if args.config:
         experiment = load_experiment(args.config)
-        files = run_comparison(experiment, args.out, announce=say)
-        say(Path(files["table"]).read_text().rstrip())
+        files = run_comparison(experiment, args.out, announce=show)
+        show(Path(files["table"]).read_text().rstrip())
     else:
         config = TrainConfig(
             dataset=args.dataset,
@@ -1231,8 +1233,8 @@ def run(args: argparse.Namespace) -> int:
         )
         files = run_training(config, args.out)
         record = json.loads(Path(files["run"]).read_text())
-        say(f"final test accuracy {record['final_accuracy']:.4f}")
-    say(
+        show(f"final test accuracy {record['final_accuracy']:.4f}")
+    show(
         f"wrote {len(files)} files to {args.out} in "
         f"{time.perf_counter() - started:.1f} s"
     )

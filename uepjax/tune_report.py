@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -685,8 +684,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, say: Callable[..., None]) -> int:
     """Runs ``uepjax tune``: the job of the config, then prints the table.
+
+    ``say(message, error=False)`` prints a line (the CLI's ``uepjax.cli.say``).
 
     Returns:
         0 on success, 2 for a config that does not load.
@@ -694,19 +695,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         experiment = load_config(args.config)
     except config.ConfigError as error:
-        print(f"uepjax tune: {error}", file=sys.stderr)
+        say(f"uepjax tune: {error}", error=True)
         return 2
     quiet = getattr(args, "quiet", False)
     started = time.perf_counter()
 
     def announce(message: str) -> None:
         if not quiet:
-            print(f"  {message}", file=sys.stderr, flush=True)
+            say(f"  {message}", error=True)
 
     rows, files = run_tuning(experiment, args.out, announce)
-    print(format_table(rows))
+    say(format_table(rows))
     if not quiet:
-        print(
+        say(
             f"wrote {len(files)} files to {args.out} in "
             f"{time.perf_counter() - started:.1f} s"
         )
