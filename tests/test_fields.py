@@ -154,20 +154,24 @@ def test_prime_products_of_largest_elements_are_exact(q):
 
 
 @pytest.mark.parametrize("q", [65537, 2**31 - 19])
-def test_montgomery_dot_and_combination_are_exact(q):
+def test_montgomery_vector_matrix_and_combination_are_exact(q):
     # Sums of 64-bit products are grouped by floor(2^32 / q) before reduction:
     # one group for q near 2^31, large groups for q just above 2^16.
     rng = np.random.default_rng(q % 997)
     a = rng.integers(0, q, (20, 37))
     b = rng.integers(0, q, (20, 37))
-    a[0], b[0] = q - 1, q - 1
+    m = rng.integers(0, q, (20, 37, 3))
+    # Rows of entries near q - 1 bring each group's sum near its bound.
+    a[:5] = q - 1 - rng.integers(0, 1000, (5, 37))
+    m[:5] = q - 1 - rng.integers(0, 1000, (5, 37, 3))
     r_inverse = pow(2**32, -1, q)
     expected = [
-        sum(int(x) * int(y) for x, y in zip(ra, rb, strict=True)) * r_inverse % q
-        for ra, rb in zip(a, b, strict=True)
+        [sum(int(x) * int(y) for x, y in zip(v, column, strict=True)) for column in w.T]
+        for v, w in zip(a, m, strict=True)
     ]
-    got = fields._montgomery_dot(
-        jnp.asarray(a, jnp.uint32), jnp.asarray(b, jnp.uint32), 1, q
+    expected = [[total * r_inverse % q for total in row] for row in expected]
+    got = fields._montgomery_vector_matrix(
+        jnp.asarray(a, jnp.uint32), jnp.asarray(m, jnp.uint32), q
     )
     assert np.asarray(got).tolist() == expected
     c, d = a[:, 0], b[:, 1]

@@ -58,7 +58,7 @@ from uepjax.fields import (
     _as_field_array,
     _field_sum,
     _montgomery_combination,
-    _montgomery_dot,
+    _montgomery_vector_matrix,
     _pack_bits,
     _raw_mul,
     _reduction,
@@ -212,7 +212,7 @@ def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
     def insert(basis, row):
         # basis [batch, K (coordinate k), K (column i)], row [batch, K].
         if montgomery:
-            s = _montgomery_dot(row[:, :, None], basis, 1, p)
+            s = _montgomery_vector_matrix(row, basis, p)
         else:
             s = _field_sum(field, _raw_mul(field, row[:, :, None], basis), axis=1)
         nonzero = s != 0

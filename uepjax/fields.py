@@ -588,28 +588,26 @@ def _montgomery_combination(
     return _montgomery_reduce(high, low, p)
 
 
-def _montgomery_dot(a: jax.Array, b: jax.Array, axis: int, p: int) -> jax.Array:
-    """``sum(a * b, axis) * 2^-32 mod p`` (broadcasting ``a`` and ``b``).
+def _montgomery_vector_matrix(v: jax.Array, m: jax.Array, p: int) -> jax.Array:
+    """``v m 2^-32 mod p`` for ``v [batch, K]`` and ``m [batch, K, M]``: ``[batch, M]``.
 
     Up to ``floor(2^32 / p)`` 64-bit products are summed before each reduction, so
-    the sum stays below ``p * 2^32``.
+    the sum stays below ``p 2^32``. The sum is spelt out row by row of ``m``, so XLA
+    fuses it into one elementwise pass; a reduction over the middle axis compiled
+    to four passes with ``[batch, K, M]`` temporaries and made decoding over
+    ``GF(2^31 - 1)`` 1.6 times as long.
     """
-    a, b = jnp.broadcast_arrays(a, b)
-    axis = axis % a.ndim
-    wide = (_mul_high(a, b), a * b)
-    group, capacity = 1, 2**32 // p
-    while wide[0].shape[axis] > 1 and 2 * group <= capacity:
-        n = wide[0].shape[axis]
-        widths = [(0, 0)] * a.ndim
-        widths[axis] = (0, n % 2)
-        wide = tuple(jnp.pad(x, widths) for x in wide)
-        half = (n + n % 2) // 2
-        first = tuple(lax.slice_in_dim(x, 0, half, axis=axis) for x in wide)
-        second = tuple(lax.slice_in_dim(x, half, 2 * half, axis=axis) for x in wide)
-        wide = _add_wide(first, second)
-        group *= 2
-    reduced = _montgomery_reduce(wide[0], wide[1], p)
-    return _field_sum(_field_of_order(p), reduced, axis)
+    capacity = 2**32 // p
+    total = None
+    for start in range(0, m.shape[1], capacity):
+        wide = None
+        for k in range(start, min(start + capacity, m.shape[1])):
+            x, y = v[:, k, None], m[:, k, :]
+            term = (_mul_high(x, y), x * y)
+            wide = term if wide is None else _add_wide(wide, term)
+        reduced = _montgomery_reduce(wide[0], wide[1], p)
+        total = reduced if total is None else _mod_add(total, reduced, p)
+    return total
 
 
 def _power_loop(
