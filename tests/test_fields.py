@@ -171,9 +171,9 @@ def test_montgomery_vector_matrix_and_combination_are_exact(q):
     ]
     expected = [[total * r_inverse % q for total in row] for row in expected]
     got = fields._montgomery_vector_matrix(
-        jnp.asarray(a, jnp.uint32), jnp.asarray(m, jnp.uint32), q
+        jnp.asarray(a.T, jnp.uint32), jnp.asarray(np.moveaxis(m, 0, -1), jnp.uint32), q
     )
-    assert np.asarray(got).tolist() == expected
+    assert np.asarray(got).T.tolist() == expected
     c, d = a[:, 0], b[:, 1]
     expected = [
         (int(w) * int(x) + int(y) * int(z)) * r_inverse % q

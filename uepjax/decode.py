@@ -69,7 +69,6 @@ from uepjax.fields import (
 
 __all__ = ["recovered_after_arrivals", "recovery_index"]
 
-_HIGHEST = lax.Precision.HIGHEST
 
 # (basis, row [batch, ...]) -> (basis, recovered [batch, K])
 _Insert = Callable[[Any, jax.Array], tuple[Any, ...]]
@@ -97,6 +96,7 @@ def _progressive(
     basis: Any,
     insert: _Insert,
     unknowns: int,
+    trials_last: bool = False,
 ) -> jax.Array:
     """One pass over ``rows [batch, arrivals, ...]``; returns ``[batch, K]``
     indices.
@@ -112,7 +112,9 @@ def _progressive(
 
     Trials run side by side, one row each per step, in stages
     (:func:`_stage_sizes`): once the unfinished trials fit the next stage, it
-    gathers their bases and goes on with only those.
+    gathers their bases and goes on with only those. The leaves of ``basis`` hold
+    the trials on their first axis, or on their last with ``trials_last``;
+    ``insert`` takes rows and gives recovered sets ``[batch, ...]`` either way.
     """
     batch, arrivals = rows.shape[:2]
     never = arrivals + 1
@@ -170,7 +172,10 @@ def _progressive(
         valid = picked < size
         picked = jnp.minimum(picked, size - 1)
         trial = jnp.where(valid, trial[picked], batch)
-        basis = jax.tree.map(lambda x, picked=picked: x[picked], basis)
+        if trials_last:
+            basis = jax.tree.map(lambda x, picked=picked: x[..., picked], basis)
+        else:
+            basis = jax.tree.map(lambda x, picked=picked: x[picked], basis)
         rows_with = rows_with[picked]
         upcoming = jnp.where(valid, upcoming[picked], arrivals)
         state = (basis, stage_index[picked], upcoming, recovered[picked])
@@ -199,45 +204,64 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
     return _progressive(packed_rows, bits != 0, basis, insert, unknowns)
 
 
-def _recovery_finite(rows: jax.Array, field: Field) -> jax.Array:
-    """GF(2^m), GF(p < 2^16): normalised update; larger GF(p): fraction-free."""
+def _recovery_normalised(rows: jax.Array, field: Field) -> jax.Array:
+    """GF(2^m) and GF(p < 2^16): normalised updates, inverses are table lookups."""
     batch, _, unknowns = rows.shape
     basis = jnp.broadcast_to(
         jnp.eye(unknowns, dtype=jnp.uint32), (batch, unknowns, unknowns)
     )
-    p = field.order
-    montgomery = _reduction(field) == "montgomery"
-    one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):
         # basis [batch, K (coordinate k), K (column i)], row [batch, K].
-        if montgomery:
-            s = _montgomery_vector_matrix(row, basis, p)
-        else:
-            s = _field_sum(field, _raw_mul(field, row[:, :, None], basis), axis=1)
-        nonzero = s != 0
-        independent = jnp.any(nonzero, axis=-1)
-        j = jnp.argmax(nonzero, axis=-1)
+        s = _field_sum(field, _raw_mul(field, row[:, :, None], basis), axis=1)
+        j = jnp.argmax(s != 0, axis=-1)
         s_j = jnp.take_along_axis(s, j[:, None], axis=1)
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=2)
-        if montgomery:
-            # s_j N_i - s_i N_j with one Montgomery reduction; for a dependent row
-            # (s = 0) the factor s_j = R mod p leaves N unchanged.
-            s_j = jnp.where(independent[:, None], s_j, one)
-            basis = _montgomery_combination(
-                s_j[:, :, None], basis, field.neg(s)[:, None, :], column_j, p
-            )
+        # N_i - (s_i / s_j) N_j: one product per entry. A dependent row (s = 0)
+        # makes the update zero whatever the inverse of s_j is.
+        ratio = field.mul(s, field.inv(s_j))[:, None, :]
+        if field.kind is FieldKind.PRIME:
+            # N + (p - ratio) N_j <= (p - 1) p < 2^32: one remainder per entry.
+            p = np.uint32(field.order)
+            basis = (basis + field.neg(ratio) * column_j) % p
         else:
-            # N_i - (s_i / s_j) N_j: one product per entry; inverses are lookups.
-            ratio = field.mul(s, field.inv(s_j))[:, None, :]
-            if field.kind is FieldKind.PRIME:
-                # N + (p - ratio) N_j <= (p - 1) p < 2^32: one remainder per entry.
-                basis = (basis + field.neg(ratio) * column_j) % np.uint32(p)
-            else:
-                basis = basis ^ _raw_mul(field, ratio, column_j)
+            basis = basis ^ _raw_mul(field, ratio, column_j)
         return basis, ~jnp.any(basis != 0, axis=2)
 
     return _progressive(rows, rows != 0, basis, insert, unknowns)
+
+
+def _recovery_montgomery(rows: jax.Array, field: Field) -> jax.Array:
+    """Larger GF(p): fraction-free updates with one Montgomery reduction.
+
+    The basis is kept with the trials last, ``[K, K, batch]``, so that every
+    product runs over whole vectors of trials: with ``K = 9`` last, EW 9 x 30
+    decoding over GF(2^31 - 1) took 1.3 times as long.
+    """
+    batch, _, unknowns = rows.shape
+    basis = jnp.broadcast_to(
+        jnp.eye(unknowns, dtype=jnp.uint32)[:, :, None], (unknowns, unknowns, batch)
+    )
+    p = field.order
+    one = _to_operand(field, jnp.uint32(1))
+
+    def insert(basis, row):
+        # basis [K (coordinate k), K (column i), batch], row [batch, K].
+        s = _montgomery_vector_matrix(row.T, basis, p)  # [K, batch]
+        nonzero = s != 0
+        independent = jnp.any(nonzero, axis=0)
+        j = jnp.argmax(nonzero, axis=0)
+        # s_j N_i - s_i N_j; for a dependent row (s = 0) the factor s_j = R mod p
+        # leaves N unchanged.
+        s_j = jnp.take_along_axis(s, j[None, :], axis=0)
+        s_j = jnp.where(independent, s_j, one)
+        column_j = jnp.take_along_axis(basis, j[None, None, :], axis=1)
+        basis = _montgomery_combination(
+            s_j[None], basis, field.neg(s)[None], column_j, p
+        )
+        return basis, ~jnp.any(basis != 0, axis=1).T
+
+    return _progressive(rows, rows != 0, basis, insert, unknowns, trials_last=True)
 
 
 def _recovery_real(rows: jax.Array) -> jax.Array:
@@ -252,7 +276,12 @@ def _recovery_real(rows: jax.Array) -> jax.Array:
         # basis [batch, K, K]: row c holds the basis vector whose pivot is column c
         # (zero where c is no pivot); entries in pivot columns are exactly 0 or 1.
         basis, pivots = state
-        reduced = row - jnp.einsum("bc,bcm->bm", row, basis, precision=_HIGHEST)
+        # Spelt out, the product fuses into one pass (an einsum took 1.1 times as
+        # long).
+        product = row[:, 0, None] * basis[:, 0]
+        for c in range(1, unknowns):
+            product = product + row[:, c, None] * basis[:, c]
+        reduced = row - product
         reduced = jnp.where(pivots, 0.0, reduced)
         magnitude = jnp.abs(reduced)
         largest = jnp.max(magnitude, axis=-1)
@@ -293,7 +322,9 @@ def _recovery_flat(rows: jax.Array, field: Field) -> jax.Array:
         return _recovery_binary(rows, unknowns)
     if field.kind is FieldKind.REAL:
         return _recovery_real(rows)
-    return _recovery_finite(rows, field)
+    if _reduction(field) == "montgomery":
+        return _recovery_montgomery(rows, field)
+    return _recovery_normalised(rows, field)
 
 
 def _recovery_by_blocks(

@@ -589,20 +589,21 @@ def _montgomery_combination(
 
 
 def _montgomery_vector_matrix(v: jax.Array, m: jax.Array, p: int) -> jax.Array:
-    """``v m 2^-32 mod p`` for ``v [batch, K]`` and ``m [batch, K, M]``: ``[batch, M]``.
+    """``v^T m 2^-32 mod p``, batch last: ``v [K, batch]``, ``m [K, M, batch]`` ->
+    ``[M, batch]``.
 
     Up to ``floor(2^32 / p)`` 64-bit products are summed before each reduction, so
     the sum stays below ``p 2^32``. The sum is spelt out row by row of ``m``, so XLA
-    fuses it into one elementwise pass; a reduction over the middle axis compiled
-    to four passes with ``[batch, K, M]`` temporaries and made decoding over
+    fuses it into one elementwise pass; a reduction over ``K`` compiled to four
+    passes, each writing a temporary as large as ``m``, and made decoding over
     ``GF(2^31 - 1)`` 1.6 times as long.
     """
     capacity = 2**32 // p
     total = None
-    for start in range(0, m.shape[1], capacity):
+    for start in range(0, m.shape[0], capacity):
         wide = None
-        for k in range(start, min(start + capacity, m.shape[1])):
-            x, y = v[:, k, None], m[:, k, :]
+        for k in range(start, min(start + capacity, m.shape[0])):
+            x, y = v[k, None], m[k]
             term = (_mul_high(x, y), x * y)
             wide = term if wide is None else _add_wide(wide, term)
         reduced = _montgomery_reduce(wide[0], wide[1], p)
