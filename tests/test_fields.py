@@ -170,9 +170,10 @@ def test_montgomery_vector_matrix_and_combination_are_exact(q):
         for v, w in zip(a, m, strict=True)
     ]
     expected = [[total * r_inverse % q for total in row] for row in expected]
-    got = fields._montgomery_vector_matrix(
-        jnp.asarray(a.T, jnp.uint32), jnp.asarray(np.moveaxis(m, 0, -1), jnp.uint32), q
-    )
+    v, m = jnp.asarray(a, jnp.uint32), jnp.asarray(m, jnp.uint32)
+    got = fields._montgomery_vector_matrix(v, m, q, 1)
+    assert np.asarray(got).tolist() == expected
+    got = fields._montgomery_vector_matrix(v.T, jnp.moveaxis(m, 0, -1), q, 0)
     assert np.asarray(got).T.tolist() == expected
     c, d = a[:, 0], b[:, 1]
     expected = [

@@ -63,6 +63,7 @@ from uepjax.fields import (
     _raw_mul,
     _reduction,
     _to_operand,
+    _trials_last,
     _unpack_bits,
     get_field,
 )
@@ -234,34 +235,43 @@ def _recovery_normalised(rows: jax.Array, field: Field) -> jax.Array:
 def _recovery_montgomery(rows: jax.Array, field: Field) -> jax.Array:
     """Larger GF(p): fraction-free updates with one Montgomery reduction.
 
-    The basis is kept with the trials last, ``[K, K, batch]``, so that every
-    product runs over whole vectors of trials: with ``K = 9`` last, EW 9 x 30
-    decoding over GF(2^31 - 1) took 1.3 times as long.
+    Bases of few unknowns are held with the trials last, ``[K, K, batch]``, others
+    ``[batch, K, K]`` (:data:`~uepjax.fields.TRIALS_LAST_BELOW`).
     """
     batch, _, unknowns = rows.shape
-    basis = jnp.broadcast_to(
-        jnp.eye(unknowns, dtype=jnp.uint32)[:, :, None], (unknowns, unknowns, batch)
-    )
+    last = _trials_last(field, unknowns)
+    # Axis of the coordinate k in the basis; the column i follows it.
+    coordinate = 0 if last else 1
+    identity = jnp.eye(unknowns, dtype=jnp.uint32)
+    if last:
+        basis = jnp.broadcast_to(identity[:, :, None], (unknowns, unknowns, batch))
+    else:
+        basis = jnp.broadcast_to(identity, (batch, unknowns, unknowns))
     p = field.order
     one = _to_operand(field, jnp.uint32(1))
 
     def insert(basis, row):
-        # basis [K (coordinate k), K (column i), batch], row [batch, K].
-        s = _montgomery_vector_matrix(row.T, basis, p)  # [K, batch]
+        # s [K (column i), batch] or [batch, K].
+        s = _montgomery_vector_matrix(row.T if last else row, basis, p, coordinate)
         nonzero = s != 0
-        independent = jnp.any(nonzero, axis=0)
-        j = jnp.argmax(nonzero, axis=0)
+        independent = jnp.any(nonzero, axis=coordinate, keepdims=True)
+        j = jnp.argmax(nonzero, axis=coordinate, keepdims=True)
         # s_j N_i - s_i N_j; for a dependent row (s = 0) the factor s_j = R mod p
         # leaves N unchanged.
-        s_j = jnp.take_along_axis(s, j[None, :], axis=0)
-        s_j = jnp.where(independent, s_j, one)
-        column_j = jnp.take_along_axis(basis, j[None, None, :], axis=1)
+        s_j = jnp.where(independent, jnp.take_along_axis(s, j, coordinate), one)
+        j = jnp.expand_dims(j, coordinate)
+        column_j = jnp.take_along_axis(basis, j, axis=coordinate + 1)
         basis = _montgomery_combination(
-            s_j[None], basis, field.neg(s)[None], column_j, p
+            jnp.expand_dims(s_j, coordinate),
+            basis,
+            jnp.expand_dims(field.neg(s), coordinate),
+            column_j,
+            p,
         )
-        return basis, ~jnp.any(basis != 0, axis=1).T
+        recovered = ~jnp.any(basis != 0, axis=coordinate + 1)
+        return basis, recovered.T if last else recovered
 
-    return _progressive(rows, rows != 0, basis, insert, unknowns, trials_last=True)
+    return _progressive(rows, rows != 0, basis, insert, unknowns, trials_last=last)
 
 
 def _recovery_real(rows: jax.Array) -> jax.Array:
