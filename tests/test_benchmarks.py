@@ -159,3 +159,32 @@ def test_rows_per_trial_follows_the_decoders_stages(monkeypatch):
     index[:, 0] = 1
     index[:, 1:] = 31
     assert suite.rows_per_trial(rows[:4], index[:4]) == 16
+
+
+@pytest.mark.parametrize("q", [2**31 - 1, 256])
+@pytest.mark.parametrize("shape", [(15, 9), (9, 30), (64, 16)])
+def test_rank_updates_follow_the_ranks_phases(monkeypatch, q, shape):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    suite = importlib.import_module("suite")
+    import jax
+    import jax.numpy as jnp
+
+    from uepjax import fields
+
+    field = fields.get_field(q)
+    seen = []  # (rows, width) of the matrices of each traced step
+    step = fields._forward_step
+
+    def recording(c, m, field, rows_axis):
+        seen.append((m.shape[rows_axis], m.shape[rows_axis + 1]))
+        return step(c, m, field, rows_axis)
+
+    monkeypatch.setattr(fields, "_forward_step", recording)
+    matrices = jnp.zeros((3,) + shape, jnp.uint32)
+    jax.make_jaxpr(lambda m: fields._rank_forward(m, field))(matrices)
+    widths = [width for _, width in dict.fromkeys(seen)] + [0]
+    rows = seen[0][0]
+    # A phase starting at width w runs until the next phase's width.
+    phases = zip(widths[:-1], widths[1:], strict=True)
+    expected = sum(rows * w * (w - after) for w, after in phases)
+    assert suite.rank_updates(field, *shape) == expected
