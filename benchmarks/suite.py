@@ -317,16 +317,14 @@ def rank_operations(field: fields.Field, rows: int, cols: int) -> int:
     return rows * cols * cols
 
 
-def rank_updates(field: fields.Field, rows: int, cols: int) -> int:
+def rank_updates(rows: int, cols: int) -> int:
     """Entries that the forward elimination of ``fields.rank`` updates in a matrix.
 
     Mirrors ``fields._rank_forward``: every step updates all rows, and only the
     columns eliminated in earlier phases are dropped.
     """
     rows, cols = max(rows, cols), min(rows, cols)
-    montgomery = fields._reduction(field) == "montgomery"
-    one_phase = montgomery and not fields._trials_last(field, cols)
-    phases = 1 if one_phase else min(fields.RANK_PHASES, cols)
+    phases = min(fields.RANK_PHASES, cols)
     bounds = [cols * i // phases for i in range(phases + 1)]
     steps = zip(bounds[:-1], bounds[1:], strict=True)
     return rows * sum((stop - start) * (cols - start) for start, stop in steps)
@@ -395,7 +393,7 @@ def rank_comparison(profile: Profile, kernels: dict, rows: int = 15, cols: int =
         record["agree"] = min(agreement)
         record["elimination"] = rank_elimination(field)
         if record["elimination"] == "forward elimination":
-            record["updates_per_matrix"] = rank_updates(field, rows, cols)
+            record["updates_per_matrix"] = rank_updates(rows, cols)
         operations = rank_operations(field, rows, cols) * profile.rank_trials
         record["useful_per_second"] = operations / timing.wall
         record["limit_rate"] = _limit_rate(kernels, record["field"], timings)

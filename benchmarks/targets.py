@@ -130,7 +130,7 @@ def _rank_limit_note(row: dict) -> str:
         f"it updates {updates} entries a matrix for the {useful} counted (eliminated "
         "columns are dropped in phases, zero rows are not), each by a fraction-free "
         "combination, two Montgomery products for one reduction, where the limit's "
-        "multiply-subtract has one product (no inverses are needed)"
+        "multiply-subtract has one (in exchange, no step needs an inverse)"
     )
 
 

@@ -187,4 +187,4 @@ def test_rank_updates_follow_the_ranks_phases(monkeypatch, q, shape):
     # A phase starting at width w runs until the next phase's width.
     phases = zip(widths[:-1], widths[1:], strict=True)
     expected = sum(rows * w * (w - after) for w, after in phases)
-    assert suite.rank_updates(field, *shape) == expected
+    assert suite.rank_updates(*shape) == expected
