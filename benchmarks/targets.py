@@ -41,6 +41,12 @@ def _target(name, required, measured, holds, note="") -> dict:
     return dict(name=name, required=required, measured=measured, holds=holds, note=note)
 
 
+def _forward_operations(rank: dict) -> int:
+    """Multiply-subtracts a rank needs: column ``c`` updates the columns after it."""
+    rows, cols = rank["rows"], rank["cols"]
+    return rows * cols * (cols + 1) // 2
+
+
 def _rank_targets(results: dict) -> list[dict]:
     found = []
     rank = _find(results["rank"], field="GF(2^8)")
@@ -49,9 +55,7 @@ def _rank_targets(results: dict) -> list[dict]:
         cpu_ratio = rank["galois_loop"]["cpu_per_item"] / (
             rank["uepjax"]["cpu"] / rank["trials"]
         )
-        rows, cols = rank["rows"], rank["cols"]
-        # Rank needs forward elimination only: column c updates the columns after.
-        forward = rows * cols * (cols + 1) // 2
+        forward = _forward_operations(rank)
         at_limit = forward / rank["limit_rate"]
         found.append(
             _target(
@@ -125,9 +129,9 @@ def _rank_limit_note(row: dict) -> str:
     updates = row.get("updates_per_matrix")
     if not updates:
         return ""
-    useful = round(row["useful_per_second"] * row["uepjax_seconds_per_item"])
     return (
-        f"it updates {updates} entries a matrix for the {useful} counted (eliminated "
+        f"it updates {updates} entries a matrix for the {_forward_operations(row)} "
+        "counted (eliminated "
         "columns are dropped in phases, zero rows are not), each by a fraction-free "
         "combination, two Montgomery products for one reduction, where the limit's "
         "multiply-subtract has one (in exchange, no step needs an inverse)"
