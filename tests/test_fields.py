@@ -186,6 +186,30 @@ def test_montgomery_vector_matrix_and_combination_are_exact(q):
     assert np.asarray(got).tolist() == expected
 
 
+@pytest.mark.parametrize("q", [4, 16, 256])
+def test_uint8_elimination_arithmetic_matches_the_field(q):
+    # Eliminations over GF(2^m <= 256) hold uint8 elements: every product,
+    # difference and inverse must equal the field's own uint32 one.
+    field = get_field(q)
+    assert fields._elimination_dtype(field) == jnp.uint8
+    a, b = (v.ravel() for v in np.meshgrid(np.arange(q), np.arange(q)))
+    x8, y8 = jnp.asarray(a, jnp.uint8), jnp.asarray(b, jnp.uint8)
+    x, y = jnp.asarray(a, jnp.uint32), jnp.asarray(b, jnp.uint32)
+    product = fields._raw_mul(field, x8, y8)
+    difference = fields._raw_sub(field, x8, y8)
+    inverse = fields._inverse_operand(field, x8)
+    assert product.dtype == difference.dtype == inverse.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(product), np.asarray(field.mul(x, y)))
+    np.testing.assert_array_equal(np.asarray(difference), np.asarray(field.sub(x, y)))
+    np.testing.assert_array_equal(np.asarray(inverse), np.asarray(field.inv(x)))
+
+
+@pytest.mark.parametrize("q", [2, 2**16, 65521, 2**31 - 1])
+def test_other_fields_eliminate_in_their_own_dtype(q):
+    field = get_field(q)
+    assert fields._elimination_dtype(field) == field.dtype
+
+
 def test_real_arithmetic_and_inverse_of_zero():
     field = get_field("real")
     x = jnp.array([0.0, 2.0, -4.0])
@@ -295,6 +319,7 @@ def test_rank_and_rref_match_galois(q, shape):
     assert np.asarray(echelon.rank).tolist() == expected_rank
     assert np.asarray(fields.rank(matrices, q)).tolist() == expected_rank
     expected_rref = np.stack([np.asarray(gf(m).row_reduce()) for m in matrices])
+    assert echelon.reduced.dtype == jnp.uint32
     np.testing.assert_array_equal(np.asarray(echelon.reduced), expected_rref)
     pivots = np.asarray(echelon.pivot_columns)
     assert (pivots.sum(-1) == np.asarray(expected_rank)).all()

@@ -56,7 +56,9 @@ from uepjax.fields import (
     Field,
     FieldKind,
     _as_field_array,
+    _elimination_dtype,
     _field_sum,
+    _inverse_operand,
     _montgomery_combination,
     _montgomery_vector_matrix,
     _pack_bits,
@@ -207,9 +209,11 @@ def _recovery_binary(rows: jax.Array, unknowns: int) -> jax.Array:
 
 def _recovery_normalised(rows: jax.Array, field: Field) -> jax.Array:
     """GF(2^m) and GF(p < 2^16): normalised updates, inverses are table lookups."""
+    dtype = _elimination_dtype(field)
+    rows = rows.astype(dtype)
     batch, _, unknowns = rows.shape
     basis = jnp.broadcast_to(
-        jnp.eye(unknowns, dtype=jnp.uint32), (batch, unknowns, unknowns)
+        jnp.eye(unknowns, dtype=dtype), (batch, unknowns, unknowns)
     )
 
     def insert(basis, row):
@@ -220,7 +224,7 @@ def _recovery_normalised(rows: jax.Array, field: Field) -> jax.Array:
         column_j = jnp.take_along_axis(basis, j[:, None, None], axis=2)
         # N_i - (s_i / s_j) N_j: one product per entry. A dependent row (s = 0)
         # makes the update zero whatever the inverse of s_j is.
-        ratio = field.mul(s, field.inv(s_j))[:, None, :]
+        ratio = _raw_mul(field, s, _inverse_operand(field, s_j))[:, None, :]
         if field.kind is FieldKind.PRIME:
             # N + (p - ratio) N_j <= (p - 1) p < 2^32: one remainder per entry.
             p = np.uint32(field.order)
