@@ -222,6 +222,14 @@ def test_results_do_not_depend_on_the_chunk_size():
 
 
 @pytest.mark.parametrize(
+    "blocks, platform, expected",
+    [(8, "cpu", 4), (3, "cpu", 3), (6, "cpu", 3), (5, "cpu", 1), (128, "gpu", 128)],
+)
+def test_value_groups_divide_the_blocks_of_a_chunk(blocks, platform, expected):
+    assert simulate._value_group(blocks, platform) == expected
+
+
+@pytest.mark.parametrize(
     "code, q, workers",
     [
         (codes.now((2, 3, 4), GAMMA), 2**31 - 1, WORKERS),
