@@ -325,6 +325,21 @@ def test_rank_and_rref_match_galois(q, shape):
     assert (pivots.sum(-1) == np.asarray(expected_rank)).all()
 
 
+@pytest.mark.parametrize("q", [256, 65521, 2**31 - 1])
+def test_rank_of_a_batch_in_blocks_matches_galois(q, monkeypatch):
+    # 37 matrices 7 x 5 in blocks of at most 19 (the last one padded).
+    itemsize = fields._elimination_dtype(get_field(q)).itemsize
+    monkeypatch.setattr(fields, "RANK_BLOCK_BYTES", 19 * 7 * 5 * itemsize)
+    fields._rank_jit.clear_cache()
+    gf = _galois(q)
+    matrices = np.concatenate(
+        [_matrices(q, (7, 5), seed=q % 97 + i, count=3) for i in range(10)]
+    )[:37]
+    expected = [np.linalg.matrix_rank(gf(m)) for m in matrices]
+    assert len(set(expected)) > 1
+    assert np.asarray(fields.rank(matrices, q)).tolist() == expected
+
+
 def _reference_recoverable(matrix, gf):
     """e_k is in the row space iff appending e_k does not raise the rank."""
     rank = np.linalg.matrix_rank(gf(matrix))

@@ -1090,6 +1090,13 @@ def rank(matrices: Any, q: int | str | Field) -> jax.Array:
     return _rank_jit(matrices, field)
 
 
+RANK_BLOCK_BYTES = 2**23
+"""The most bytes of matrices that :func:`rank` eliminates at once; larger batches
+run in a loop over blocks of equal size, so that the steps of a block's elimination
+find it in cache. Over GF(2^31 - 1), 16,384 matrices 30 x 9 or 64 x 16 took half
+the time in blocks, 65,536 of 15 x 9 0.75 of it (0.73 over GF(65521)); table
+fields, bound by their lookups, neither gain nor lose."""
+
 RANK_PHASES = 4
 """Phases of :func:`_rank_forward`: columns eliminated in earlier phases are sliced
 off, so the work falls from ``R C^2`` towards the ``R C (C + 1) / 2`` entries that
@@ -1168,8 +1175,20 @@ def _rank_jit(matrices: jax.Array, field: Field) -> jax.Array:
         # of the reduced rows.
         return _echelon_flat(matrices, field).rank
     batch_shape = matrices.shape[:-2]
-    flat = matrices.reshape((math.prod(batch_shape),) + matrices.shape[-2:])
-    return _rank_forward(flat, field).reshape(batch_shape)
+    rows, cols = matrices.shape[-2:]
+    batch = math.prod(batch_shape)
+    flat = matrices.reshape((batch, rows, cols)).astype(_elimination_dtype(field))
+    item = rows * cols * flat.dtype.itemsize
+    blocks = -(-batch * item // RANK_BLOCK_BYTES)
+    if blocks <= 1:
+        return _rank_forward(flat, field).reshape(batch_shape)
+    # Blocks of equal size, the last padded with zero matrices (rank 0).
+    size = -(-batch // blocks)
+    padded = jnp.pad(flat, ((0, blocks * size - batch), (0, 0), (0, 0)))
+    ranks = lax.map(
+        lambda m: _rank_forward(m, field), padded.reshape(blocks, size, rows, cols)
+    )
+    return ranks.reshape(-1)[:batch].reshape(batch_shape)
 
 
 @jax.jit
