@@ -1135,7 +1135,8 @@ def _forward_step(c: jax.Array, m: jax.Array, field: Field, rows_axis: int):
 
 
 def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
-    """Rank of ``m [batch, rows, cols]`` over a non-binary finite field: ``[batch]``.
+    """Rank of ``m [batch, rows, cols]`` over a non-binary finite field: ``[batch]``;
+    ``m`` holds elements in :func:`_elimination_dtype`.
 
     Forward elimination without normalised pivots, one loop iteration per column
     in up to :data:`RANK_PHASES` phases; each phase drops the columns already zero.
@@ -1145,7 +1146,6 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
     if m.shape[2] > m.shape[1]:
         # rank(M) = rank(M^T): fewer columns mean fewer and narrower steps.
         m = jnp.swapaxes(m, 1, 2)
-    m = m.astype(_elimination_dtype(field))
     batch, rows, cols = m.shape
     last = _trials_last(field, cols)
     if last:

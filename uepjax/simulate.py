@@ -691,9 +691,8 @@ def _chunk(
             for x in (recovery, arrival, index.reshape(-1))
         )
         totals, squares = lax.map(group, by_group)
-        return totals.reshape(-1, totals.shape[-1]), squares.reshape(
-            -1, totals.shape[-1]
-        )
+        features = totals.shape[-1]
+        return totals.reshape(-1, features), squares.reshape(-1, features)
 
     replicated = PartitionSpec()
     split = PartitionSpec(distributed.AXIS)
