@@ -318,8 +318,11 @@ def _recovery_real(rows: jax.Array) -> jax.Array:
         # e_k is in the row space iff its pivot row vanishes outside the pivot
         # columns; rows found so are set to exactly e_k, so that their rounding
         # residue cannot feed later decisions.
-        free = jnp.where(pivots[:, None, :], 0.0, jnp.abs(basis))
-        recovered = pivots & (jnp.max(free, axis=-1) <= REAL_TOLERANCE)
+        # A test of every entry rather than their maximum: XLA:CPU fuses it with
+        # the update, where a float maximum (a library call) made |basis| be
+        # written out first.
+        small = (jnp.abs(basis) <= REAL_TOLERANCE) | pivots[:, None, :]
+        recovered = pivots & jnp.all(small, axis=-1)
         basis = jnp.where(recovered[:, :, None], identity, basis)
         return (basis, pivots), recovered
 
