@@ -317,10 +317,9 @@ def _recovery_real(rows: jax.Array) -> jax.Array:
         pivots = pivots | at_j
         # e_k is in the row space iff its pivot row vanishes outside the pivot
         # columns; rows found so are set to exactly e_k, so that their rounding
-        # residue cannot feed later decisions.
-        # A test of every entry rather than their maximum: XLA:CPU fuses it with
-        # the update, where a float maximum (a library call) made |basis| be
-        # written out first.
+        # residue cannot feed later decisions. Each entry is tested, not their
+        # maximum: XLA:CPU fuses the test with the update, where a float maximum
+        # (a library call) made |basis| be written out first.
         small = (jnp.abs(basis) <= REAL_TOLERANCE) | pivots[:, None, :]
         recovered = pivots & jnp.all(small, axis=-1)
         basis = jnp.where(recovered[:, :, None], identity, basis)
