@@ -324,8 +324,7 @@ def rank_updates(rows: int, cols: int) -> int:
     columns eliminated in earlier phases are dropped.
     """
     rows, cols = max(rows, cols), min(rows, cols)
-    phases = min(fields.RANK_PHASES, cols)
-    bounds = [cols * i // phases for i in range(phases + 1)]
+    bounds = fields._rank_phase_bounds(cols)
     steps = zip(bounds[:-1], bounds[1:], strict=True)
     return rows * sum((stop - start) * (cols - start) for start, stop in steps)
 

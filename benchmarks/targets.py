@@ -131,10 +131,10 @@ def _rank_limit_note(row: dict) -> str:
         return ""
     return (
         f"it updates {updates} entries a matrix for the {_forward_operations(row)} "
-        "counted (eliminated "
-        "columns are dropped in phases, zero rows are not), each by a fraction-free "
-        "combination, two Montgomery products for one reduction, where the limit's "
-        "multiply-subtract has one (in exchange, no step needs an inverse)"
+        "counted (eliminated columns are dropped in phases, zero rows are not), each "
+        "by a fraction-free combination, two Montgomery products for one reduction, "
+        "where the limit's multiply-subtract has one (in exchange, no step needs an "
+        "inverse)"
     )
 
 

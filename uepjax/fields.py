@@ -1105,6 +1105,12 @@ of one phase's time (15 x 9 with the batch last; 32 x 16, 64 x 16 and 40 x 20 wi
 it first)."""
 
 
+def _rank_phase_bounds(cols: int) -> list[int]:
+    """The first column of each of :func:`_rank_forward`'s phases, then ``cols``."""
+    phases = min(RANK_PHASES, cols)
+    return [cols * i // phases for i in range(phases + 1)]
+
+
 def _forward_step(c: jax.Array, m: jax.Array, field: Field, rows_axis: int):
     """Eliminates column ``c`` from every row of ``m``.
 
@@ -1152,8 +1158,7 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
         # Through a 2-D transposition: XLA's 3-D one took twice as long.
         m = m.reshape(batch, rows * cols).T.reshape(rows, cols, batch)
     rows_axis = 0 if last else 1
-    phases = min(RANK_PHASES, cols)
-    bounds = [cols * i // phases for i in range(phases + 1)]
+    bounds = _rank_phase_bounds(cols)
 
     def step(c, state):
         m, rank = state
