@@ -1111,22 +1111,29 @@ def _rank_phase_bounds(cols: int) -> list[int]:
     return [cols * i // phases for i in range(phases + 1)]
 
 
-def _forward_step(c: jax.Array, m: jax.Array, field: Field, rows_axis: int):
-    """Eliminates column ``c`` from every row of ``m``.
+TRIALS_TILE = 8
+"""Matrices in a tile of :func:`_rank_forward` with the batch last: the batch runs
+as ``[batch / 8, rows, cols, 8]``, eight matrices side by side along the last axis
+(one AVX2 vector of ``uint32``, one 32-byte memory sector of a GPU). Moving the
+batch into tiles reads and writes memory in order, where moving it to the last axis
+of ``[rows, cols, batch]`` strides across all of it: for 16,384 matrices 15 x 9 the
+tiles took 0.3 times as long to form (as long as a copy), and the whole rank over
+GF(2^31 - 1) 0.8 times."""
 
-    ``m`` is ``[batch, rows, cols]`` (``rows_axis = 1``) or ``[rows, cols, batch]``
-    (``rows_axis = 0``). The pivot is the first row with a nonzero entry in column
-    ``c``. A multiple of it is subtracted from every row, the pivot row included,
-    so column ``c`` and the pivot row become zero and the rank of the other rows
-    drops by one. Returns the new ``m`` and ``[batch] bool``, True where the column
-    held a pivot.
+
+def _forward_step(column: jax.Array, m: jax.Array, field: Field):
+    """Eliminates ``column [tiles, rows, 1, tile]`` of ``m [tiles, rows, cols, tile]``.
+
+    The pivot is the first row with a nonzero entry in ``column``. A multiple of
+    it is subtracted from every row, the pivot row included, so the column and the
+    pivot row become zero and the rank of the other rows drops by one. Returns the
+    new ``m`` and ``[tiles, tile] bool``, True where the column held a pivot.
     """
-    column = lax.dynamic_index_in_dim(m, c, axis=rows_axis + 1)
     nonzero = column != 0
-    has = jnp.any(nonzero, axis=rows_axis, keepdims=True)
-    pivot = jnp.argmax(nonzero, axis=rows_axis, keepdims=True)
-    pivot_row = jnp.take_along_axis(m, pivot, axis=rows_axis)
-    pivot_value = jnp.take_along_axis(column, pivot, axis=rows_axis)
+    has = jnp.any(nonzero, axis=1, keepdims=True)
+    pivot = jnp.argmax(nonzero, axis=1, keepdims=True)
+    pivot_row = jnp.take_along_axis(m, pivot, axis=1)
+    pivot_value = jnp.take_along_axis(column, pivot, axis=1)
     if _reduction(field) == "montgomery":
         # Fraction-free, (v m - m_c r) 2^-32 with one reduction and no inverse: the
         # factor 2^-32 scales every row alike. Without a pivot, v = 1 keeps m.
@@ -1137,7 +1144,7 @@ def _forward_step(c: jax.Array, m: jax.Array, field: Field, rows_axis: int):
         # A zero column (no pivot) makes the update zero whatever the inverse is.
         operand = _raw_mul(field, pivot_row, _inverse_operand(field, pivot_value))
         m = _raw_sub(field, m, _raw_mul(field, column, operand))
-    return m, has.reshape(-1)
+    return m, has[:, 0, 0, :]
 
 
 def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
@@ -1146,31 +1153,37 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
 
     Forward elimination without normalised pivots, one loop iteration per column
     in up to :data:`RANK_PHASES` phases; each phase drops the columns already zero.
-    Narrow Montgomery matrices are eliminated with the batch last
-    (:data:`TRIALS_LAST_BELOW`).
+    Narrow Montgomery matrices are eliminated with the batch last, in tiles of
+    :data:`TRIALS_TILE` (:data:`TRIALS_LAST_BELOW`), others with tiles of one.
     """
     if m.shape[2] > m.shape[1]:
         # rank(M) = rank(M^T): fewer columns mean fewer and narrower steps.
         m = jnp.swapaxes(m, 1, 2)
     batch, rows, cols = m.shape
-    last = _trials_last(field, cols)
-    if last:
-        # Through a 2-D transposition: XLA's 3-D one took twice as long.
-        m = m.reshape(batch, rows * cols).T.reshape(rows, cols, batch)
-    rows_axis = 0 if last else 1
+    tile = TRIALS_TILE if _trials_last(field, cols) else 1
+    tiles = -(-batch // tile)
+    # Zero matrices fill the last tile (rank 0, dropped below).
+    m = jnp.pad(m, ((0, tiles * tile - batch), (0, 0), (0, 0)))
+    m = m.reshape(tiles, tile, rows * cols).transpose(0, 2, 1)
+    m = m.reshape(tiles, rows, cols, tile)
     bounds = _rank_phase_bounds(cols)
 
     def step(c, state):
-        m, rank = state
-        m, has = _forward_step(c, m, field, rows_axis)
-        return m, rank + has.astype(jnp.int32)
+        m, column, rank = state
+        m, has = _forward_step(column, m, field)
+        # The next column rides in the loop state. Sliced from m inside the update,
+        # it kept XLA from updating m in place: every step wrote a new m and
+        # copied it back.
+        column = lax.dynamic_index_in_dim(m, c + 1, axis=2)
+        return m, column, rank + has.astype(jnp.int32)
 
-    rank = jnp.zeros((batch,), jnp.int32)
+    rank = jnp.zeros((tiles, tile), jnp.int32)
+    column = m[:, :, :1]
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        done = start - (cols - m.shape[rows_axis + 1])
-        m = lax.slice_in_dim(m, done, m.shape[rows_axis + 1], axis=rows_axis + 1)
-        m, rank = lax.fori_loop(0, stop - start, step, (m, rank))
-    return rank
+        done = start - (cols - m.shape[2])
+        m = lax.slice_in_dim(m, done, m.shape[2], axis=2)
+        m, column, rank = lax.fori_loop(0, stop - start, step, (m, column, rank))
+    return rank.reshape(-1)[:batch]
 
 
 @functools.partial(jax.jit, static_argnames="field")
