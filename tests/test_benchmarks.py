@@ -175,9 +175,9 @@ def test_rank_updates_follow_the_ranks_phases(monkeypatch, q, shape):
     seen = []  # (rows, width) of the matrices of each traced step
     step = fields._forward_step
 
-    def recording(c, m, field):
+    def recording(column, m, field):
         seen.append((m.shape[1], m.shape[2]))
-        return step(c, m, field)
+        return step(column, m, field)
 
     monkeypatch.setattr(fields, "_forward_step", recording)
     matrices = jnp.zeros((3,) + shape, jnp.uint32)

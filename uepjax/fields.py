@@ -622,9 +622,11 @@ TRIALS_LAST_BELOW = 16
 on the last axis, so that every product runs over whole vectors of matrices; wider
 ones hold it first, where rows of 16 or more entries fill the vectors. On a 2-core
 CPU (AVX2), EW 9 x 30 decoding over GF(2^31 - 1) took 0.8 times as long with the
-trials last, and the rank of 15 x 9 matrices 0.75 times; at 16 unknowns and above
-(64 x 16 decoding and rank, 128 x 32, 256 x 64) the trials last took 1.2 to 1.5
-times as long."""
+trials last; at 16 unknowns and above (64 x 16 decoding, 128 x 32, 256 x 64) it
+took 1.2 to 1.5 times as long. The rank (in tiles of :data:`TRIALS_TILE`) took 0.37
+times as long with the trials last at 15 x 9, 0.89 times at 64 x 16 and 1.06 times
+at 128 x 32: a bound of its own would gain about a tenth from 16 to about 31
+columns, and is not taken."""
 
 
 def _trials_last(field: Field, width: int) -> bool:
@@ -1114,11 +1116,11 @@ def _rank_phase_bounds(cols: int) -> list[int]:
 TRIALS_TILE = 8
 """Matrices in a tile of :func:`_rank_forward` with the batch last: the batch runs
 as ``[batch / 8, rows, cols, 8]``, eight matrices side by side along the last axis
-(one AVX2 vector of ``uint32``, one 32-byte memory sector of a GPU). Moving the
-batch into tiles reads and writes memory in order, where moving it to the last axis
-of ``[rows, cols, batch]`` strides across all of it: for 16,384 matrices 15 x 9 the
-tiles took 0.3 times as long to form (as long as a copy), and the whole rank over
-GF(2^31 - 1) 0.8 times."""
+(one AVX2 vector of ``uint32``). Moving the batch into tiles reads and writes memory
+in order, where moving it to the last axis of ``[rows, cols, batch]`` strides across
+all of it: for 16,384 matrices 15 x 9 the tiles took 0.3 times as long to form (as
+long as a copy), and the whole rank over GF(2^31 - 1) 0.8 times. No accelerator has
+timed the two layouts yet."""
 
 
 def _forward_step(column: jax.Array, m: jax.Array, field: Field):
@@ -1173,7 +1175,8 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
         m, has = _forward_step(column, m, field)
         # The next column rides in the loop state. Sliced from m inside the update,
         # it kept XLA from updating m in place: every step wrote a new m and
-        # copied it back.
+        # copied it back. (The last step's read, clamped to the last column, is
+        # not used.)
         column = lax.dynamic_index_in_dim(m, c + 1, axis=2)
         return m, column, rank + has.astype(jnp.int32)
 
