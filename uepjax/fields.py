@@ -650,15 +650,13 @@ def _montgomery_vector_matrix(
 
 
 TRIALS_LAST_BELOW = 16
-"""Montgomery eliminations of vectors with fewer entries than this hold the batch
-on the last axis, so that every product runs over whole vectors of matrices; wider
-ones hold it first, where rows of 16 or more entries fill the vectors. On a 2-core
-CPU (AVX2), EW 9 x 30 decoding over GF(2^31 - 1) took 0.8 times as long with the
-trials last; at 16 unknowns and above (64 x 16 decoding, 128 x 32, 256 x 64) it
-took 1.2 to 1.5 times as long. The rank (in tiles of :data:`TRIALS_TILE`) took 0.37
-times as long with the trials last at 15 x 9, 0.89 times at 64 x 16 and 1.06 times
-at 128 x 32: a bound of its own would gain about a tenth from 16 to about 31
-columns, and is not taken."""
+"""The progressive decoder (:mod:`uepjax.decode`) over Montgomery fields holds the
+bases of fewer unknowns than this with the batch on the last axis, so that every
+product runs over whole vectors of trials; wider ones hold it first, where rows of
+16 or more entries fill the vectors. On a 2-core CPU (AVX2), EW 9 x 30 decoding
+over GF(2^31 - 1) took 0.8 times as long with the trials last; at 16 unknowns and
+above (64 x 16, 128 x 32, 256 x 64) it took 1.2 to 1.5 times as long. The rank
+does not use this bound (see :data:`TRIALS_TILE`)."""
 
 
 def _trials_last(field: Field, width: int) -> bool:
@@ -1146,13 +1144,16 @@ def _rank_phase_bounds(cols: int) -> list[int]:
 
 
 TRIALS_TILE = 8
-"""Matrices in a tile of :func:`_rank_forward` with the batch last: the batch runs
+"""Matrices in a tile of :func:`_rank_forward` over Montgomery fields: the batch runs
 as ``[batch / 8, rows, cols, 8]``, eight matrices side by side along the last axis
 (one AVX2 vector of ``uint32``). Moving the batch into tiles reads and writes memory
 in order, where moving it to the last axis of ``[rows, cols, batch]`` strides across
 all of it: for 16,384 matrices 15 x 9 the tiles took 0.3 times as long to form (as
-long as a copy), and the whole rank over GF(2^31 - 1) 0.8 times. No accelerator has
-timed the two layouts yet."""
+long as a copy), and the whole rank over GF(2^31 - 1) 0.8 times. Against the batch
+first (tiles of one), the rank over GF(2^31 - 1) took 0.37 times as long at 15 x 9,
+0.7 to 0.9 times from 16 to 48 columns, and 1.06 and 1.11 times at 32 and 64
+columns, where rows fill whole vectors; every width is tiled. No accelerator has
+timed the layouts yet."""
 
 
 def _forward_step(column: jax.Array, m: jax.Array, field: Field):
@@ -1187,14 +1188,14 @@ def _rank_forward(m: jax.Array, field: Field) -> jax.Array:
 
     Forward elimination without normalised pivots, one loop iteration per column
     in up to :data:`RANK_PHASES` phases; each phase drops the columns already zero.
-    Narrow Montgomery matrices are eliminated with the batch last, in tiles of
-    :data:`TRIALS_TILE` (:data:`TRIALS_LAST_BELOW`), others with tiles of one.
+    Montgomery matrices are eliminated in tiles of :data:`TRIALS_TILE`, others with
+    tiles of one (the batch first).
     """
     if m.shape[2] > m.shape[1]:
         # rank(M) = rank(M^T): fewer columns mean fewer and narrower steps.
         m = jnp.swapaxes(m, 1, 2)
     batch, rows, cols = m.shape
-    tile = TRIALS_TILE if _trials_last(field, cols) else 1
+    tile = TRIALS_TILE if _reduction(field) == "montgomery" else 1
     tiles = -(-batch // tile)
     # Zero matrices fill the last tile (rank 0, dropped below).
     m = jnp.pad(m, ((0, tiles * tile - batch), (0, 0), (0, 0)))
