@@ -673,23 +673,25 @@ def _chunk(
             key, index.reshape(-1), model, field, workers, arrival_model
         )
 
-        def group(trials_of_group):
-            # [blocks of the group, BLOCK_TRIALS, ...] -> [trials of the group, ...]
-            recovery, arrival, index = (
+        def group(blocks_of_group):
+            # recovery, arrival [blocks of the group, BLOCK_TRIALS, ...] -> [trials
+            # of the group, ...]; index stays [blocks of the group, BLOCK_TRIALS].
+            recovery, arrival, index = blocks_of_group
+            recovery, arrival = (
                 None if x is None else x.reshape((-1,) + x.shape[2:])
-                for x in trials_of_group
+                for x in (recovery, arrival)
             )
             values = _trial_values(
                 recovery, arrival, grams, survival, deadlines, workers, classes
             )
-            return _block_statistics(values, (index < trials).reshape(-1, BLOCK_TRIALS))
+            return _block_statistics(values, index < trials)
 
         size = _value_group(index.shape[0], mesh.devices.flat[0].platform)
         grouped = (index.shape[0] // size, size, BLOCK_TRIALS)
         by_group = tuple(
             None if x is None else x.reshape(grouped + x.shape[1:])
-            for x in (recovery, arrival, index.reshape(-1))
-        )
+            for x in (recovery, arrival)
+        ) + (index.reshape(grouped),)
         totals, squares = lax.map(group, by_group)
         features = totals.shape[-1]
         return totals.reshape(-1, features), squares.reshape(-1, features)
